@@ -1,0 +1,63 @@
+#!/usr/bin/env node
+import { UsageError, type Command } from './command.js';
+
+/** Subcommands, loaded on demand so that `aspo query` never pays for TensorFlow.js. */
+const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }> = {
+  run: {
+    summary: 'run the whole pipeline on the bundled default data (what `npm start` does)',
+    load: async () => (await import('./commands/run.js')).command,
+  },
+  ingest: {
+    summary: 'read preference datasets (JSON Lines, JSON, Parquet, Arrow IPC) into the store',
+    load: async () => (await import('./commands/ingest.js')).command,
+  },
+  query: {
+    summary: 'run a read-only SQL query against the store and print the result',
+    load: async () => (await import('./commands/query.js')).command,
+  },
+};
+
+function help(): string {
+  const width = Math.max(...Object.keys(COMMANDS).map((name) => name.length));
+  return [
+    'aspo — sentence-level preference optimization (ASPO) for multimodal models',
+    '',
+    'Usage: aspo <command> [options]      (aspo <command> --help for its options)',
+    '',
+    'Commands:',
+    ...Object.keys(COMMANDS).map((name) => `  ${name.padEnd(width)}  ${COMMANDS[name]!.summary}`),
+    '',
+    'Every command that reads or writes data takes --db PATH (default ./aspo.duckdb).',
+  ].join('\n');
+}
+
+async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (!name || name === '--help' || name === '-h' || name === 'help') {
+    process.stdout.write(help() + '\n');
+    return name ? 0 : 1;
+  }
+  const entry = COMMANDS[name];
+  if (!entry) {
+    process.stderr.write(`aspo: unknown command "${name}"\n\n${help()}\n`);
+    return 2;
+  }
+  const command = await entry.load();
+  if (rest.includes('--help') || rest.includes('-h')) {
+    process.stdout.write(`${entry.summary}\n\nUsage: ${command.usage}\n`);
+    return 0;
+  }
+  try {
+    return await command.run(rest);
+  } catch (error) {
+    if (error instanceof UsageError) {
+      process.stderr.write(`aspo ${name}: ${error.message}\n\nUsage: ${command.usage}\n`);
+      return 2;
+    }
+    process.stderr.write(`aspo ${name}: ${(error as Error).message}\n`);
+    if (process.env.ASPO_DEBUG) process.stderr.write(`${(error as Error).stack}\n`);
+    return 1;
+  }
+}
+
+process.exitCode = await main(process.argv.slice(2));

@@ -1,0 +1,1 @@
+export { Store, withStore, DEFAULT_DB_PATH } from './store/store.js';

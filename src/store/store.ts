@@ -1,0 +1,106 @@
+import { DuckDBInstance, type DuckDBConnection, type DuckDBValue } from '@duckdb/node-api';
+import { migrate } from './migrations.js';
+
+export const DEFAULT_DB_PATH = 'aspo.duckdb';
+
+export type Params = DuckDBValue[] | Record<string, DuckDBValue>;
+
+export interface OpenOptions {
+  /** Open without write access; migrations are not applied. */
+  readOnly?: boolean;
+}
+
+/**
+ * The toolkit's one DuckDB database file. Every stage reads from and writes to it.
+ * Opening a writable store brings its schema up to date (see migrations.ts).
+ */
+export class Store {
+  private constructor(
+    readonly path: string,
+    private readonly instance: DuckDBInstance,
+    readonly connection: DuckDBConnection,
+  ) {}
+
+  static async open(path: string = DEFAULT_DB_PATH, options: OpenOptions = {}): Promise<Store> {
+    let instance: DuckDBInstance;
+    try {
+      instance = await DuckDBInstance.create(path, options.readOnly ? { access_mode: 'READ_ONLY' } : {});
+    } catch (error) {
+      throw new Error(`cannot open store ${path}: ${(error as Error).message}` +
+        (options.readOnly ? ' (run `aspo ingest` first to create it, or pass --db PATH)' : ''));
+    }
+    const store = new Store(path, instance, await instance.connect());
+    if (!options.readOnly) await migrate(store);
+    return store;
+  }
+
+  async run(sql: string, params?: Params): Promise<void> {
+    await this.connection.run(sql, params);
+  }
+
+  /** Rows as plain objects; BIGINT values within ±2^53 come back as numbers. */
+  async all<T = Record<string, unknown>>(sql: string, params?: Params): Promise<T[]> {
+    return (await this.query(sql, params)).rows as T[];
+  }
+
+  /** Column names and rows of a query, for callers that print or export results. */
+  async query(sql: string, params?: Params): Promise<{ columns: string[]; rows: Record<string, unknown>[] }> {
+    const reader = await this.connection.runAndReadAll(sql, params);
+    return { columns: reader.columnNames(), rows: reader.getRowObjectsJS().map(plainRow) };
+  }
+
+  async one<T = Record<string, unknown>>(sql: string, params?: Params): Promise<T | undefined> {
+    return (await this.all<T>(sql, params))[0];
+  }
+
+  async scalar<T = unknown>(sql: string, params?: Params): Promise<T> {
+    const reader = await this.connection.runAndReadAll(sql, params);
+    return plainValue(reader.getRowsJS()[0]?.[0]) as T;
+  }
+
+  /** Runs `work` inside one transaction: all of it lands, or none of it. */
+  async transaction<T>(work: () => Promise<T>): Promise<T> {
+    await this.run('BEGIN TRANSACTION');
+    try {
+      const result = await work();
+      await this.run('COMMIT');
+      return result;
+    } catch (error) {
+      await this.run('ROLLBACK');
+      throw error;
+    }
+  }
+
+  async tableExists(name: string): Promise<boolean> {
+    const n = await this.scalar<number | bigint>(
+      "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]);
+    return Number(n) > 0;
+  }
+
+  close(): void {
+    this.connection.closeSync();
+    this.instance.closeSync();
+  }
+}
+
+/** Opens a store, runs `work`, and always closes it. */
+export async function withStore<T>(path: string, work: (store: Store) => Promise<T>, options: OpenOptions = {}): Promise<T> {
+  const store = await Store.open(path, options);
+  try {
+    return await work(store);
+  } finally {
+    store.close();
+  }
+}
+
+function plainValue(value: unknown): unknown {
+  if (typeof value === 'bigint' && value <= BigInt(Number.MAX_SAFE_INTEGER) && value >= BigInt(Number.MIN_SAFE_INTEGER)) {
+    return Number(value);
+  }
+  return value;
+}
+
+function plainRow(row: Record<string, unknown>): Record<string, unknown> {
+  for (const key of Object.keys(row)) row[key] = plainValue(row[key]);
+  return row;
+}
