@@ -15,10 +15,15 @@ export function sharedPath(...parts: string[]): string | undefined {
   return existsSync(p) ? p : undefined;
 }
 
+const tempDirs: string[] = [];
+process.on('exit', () => {
+  for (const dir of tempDirs) rmSync(dir, { recursive: true, force: true });
+});
+
 /** A fresh temporary folder, removed when the process exits. */
 export function tempDir(prefix = 'aspo-test-'): string {
   const dir = mkdtempSync(path.join(os.tmpdir(), prefix));
-  process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
+  tempDirs.push(dir);
   return dir;
 }
 

@@ -1,5 +1,6 @@
 import type { Store } from './store.js';
 import { INGEST_SCHEMA } from '../ingest/schema.js';
+import { SEGMENT_SCHEMA } from '../segment/schema.js';
 
 export interface Migration {
   version: number;
@@ -14,6 +15,7 @@ export interface Migration {
  */
 export const MIGRATIONS: readonly Migration[] = [
   INGEST_SCHEMA,
+  SEGMENT_SCHEMA,
 ];
 
 export async function migrate(store: Store): Promise<void> {

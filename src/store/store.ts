@@ -1,9 +1,20 @@
-import { DuckDBInstance, type DuckDBConnection, type DuckDBValue } from '@duckdb/node-api';
+import { DuckDBInstance, type DuckDBAppender, type DuckDBConnection, type DuckDBValue } from '@duckdb/node-api';
 import { migrate } from './migrations.js';
 
 export const DEFAULT_DB_PATH = 'aspo.duckdb';
 
 export type Params = DuckDBValue[] | Record<string, DuckDBValue>;
+
+export type ColumnKind = 'varchar' | 'integer' | 'bigint' | 'double' | 'boolean' | 'blob';
+
+const APPEND: Record<ColumnKind, (appender: DuckDBAppender, value: unknown) => void> = {
+  varchar: (a, v) => a.appendVarchar(v as string),
+  integer: (a, v) => a.appendInteger(v as number),
+  bigint: (a, v) => a.appendBigInt(BigInt(v as number)),
+  double: (a, v) => a.appendDouble(v as number),
+  boolean: (a, v) => a.appendBoolean(v as boolean),
+  blob: (a, v) => a.appendBlob(v as Uint8Array),
+};
 
 export interface OpenOptions {
   /** Open without write access; migrations are not applied. */
@@ -68,6 +79,28 @@ export class Store {
     } catch (error) {
       await this.run('ROLLBACK');
       throw error;
+    }
+  }
+
+  /**
+   * Bulk-appends rows to a table through DuckDB's appender (the fast path for flat rows).
+   * `kinds` gives each column's type in table order; null or undefined values are appended as NULL.
+   */
+  async append(table: string, kinds: readonly ColumnKind[], rows: readonly (readonly unknown[])[], temp = false): Promise<void> {
+    if (!rows.length) return;
+    const appender = temp ? await this.connection.createAppender(table, 'main', 'temp') : await this.connection.createAppender(table);
+    try {
+      for (const row of rows) {
+        for (let c = 0; c < kinds.length; c++) {
+          const value = row[c];
+          if (value === null || value === undefined) appender.appendNull();
+          else APPEND[kinds[c]!](appender, value);
+        }
+        appender.endRow();
+      }
+      appender.flushSync();
+    } finally {
+      appender.closeSync();
     }
   }
 

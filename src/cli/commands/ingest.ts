@@ -1,2 +1,70 @@
-import type { Command } from '../command.js';
-export const command: Command = { usage: 'aspo ingest', async run() { return 0; } };
+import { ingest, type IngestSummary } from '../../ingest/ingest.js';
+import { FILE_FORMATS, type FileFormat } from '../../ingest/readers.js';
+import { ROW_LAYOUTS, type RowLayout } from '../../ingest/rows.js';
+import { withStore } from '../../store/store.js';
+import { DB_OPTION, numberOption, parse, UsageError, type Command } from '../command.js';
+import { Progress } from '../progress.js';
+
+export const command: Command = {
+  usage: `aspo ingest FILE... [--db PATH] [options]
+
+  --format F          ${['auto', ...FILE_FORMATS].join('|')} (default: from the file name or first bytes)
+  --layout L          ${['auto', ...ROW_LAYOUTS].join('|')} (default: detected per row)
+  --images DIR        folder that relative image paths resolve against (default: the dataset file's folder)
+  --image-field NAME  read the image from this field instead of image / images / image_path
+  --missing-images M  reject|drop: a missing image file rejects the row (default) or keeps the pair text-only
+  --max-side N        downscale stored images so the longer side is at most N pixels
+  --max-pixels N      refuse images with more pixels (default 64000000)
+  --batch-size N      rows per transaction (default 2000)
+  --strict            exit with status 3 if any row was rejected
+
+Rejected rows are kept in the rejects table with the reason:
+  aspo query "SELECT source_row, field, reason FROM rejects WHERE stage = 'ingest'"`,
+  async run(argv) {
+    const { values, positionals } = parse(argv, {
+      ...DB_OPTION,
+      format: { type: 'string', default: 'auto' },
+      layout: { type: 'string', default: 'auto' },
+      images: { type: 'string' },
+      'image-field': { type: 'string' },
+      'missing-images': { type: 'string', default: 'reject' },
+      'max-side': { type: 'string' },
+      'max-pixels': { type: 'string' },
+      'batch-size': { type: 'string' },
+      strict: { type: 'boolean', default: false },
+    }, true);
+    if (!positionals.length) throw new UsageError('give at least one dataset file');
+    const format = values.format as FileFormat | 'auto';
+    if (format !== 'auto' && !FILE_FORMATS.includes(format)) throw new UsageError(`--format must be one of auto, ${FILE_FORMATS.join(', ')}`);
+    const layout = values.layout as RowLayout | 'auto';
+    if (layout !== 'auto' && !ROW_LAYOUTS.includes(layout)) throw new UsageError(`--layout must be one of auto, ${ROW_LAYOUTS.join(', ')}`);
+    const missingImages = values['missing-images'];
+    if (missingImages !== 'reject' && missingImages !== 'drop') throw new UsageError('--missing-images must be reject or drop');
+    const progress = new Progress({ label: 'ingest', unit: 'rows' });
+    let lastRows = 0;
+    const summary: IngestSummary = await withStore(values.db, (store) => ingest(store, positionals, {
+      format, layout, missingImages,
+      images: values.images,
+      imageField: values['image-field'],
+      maxSide: values['max-side'] === undefined ? undefined : numberOption(values['max-side'], 'max-side', 0),
+      maxPixels: values['max-pixels'] === undefined ? undefined : numberOption(values['max-pixels'], 'max-pixels', 0),
+      batchSize: numberOption(values['batch-size'], 'batch-size', 2000),
+      onProgress: ({ rows, bytesRead, totalBytes }) => {
+        progress.tick(rows - lastRows, `${(bytesRead / 1e6).toFixed(1)}/${(totalBytes / 1e6).toFixed(1)} MB`);
+        lastRows = rows;
+      },
+    }));
+    progress.done(formatSummary(summary));
+    if (summary.rejected) {
+      process.stderr.write(`ingest: ${summary.rejected} row(s) rejected; see them with: aspo query "SELECT source, source_row, field, reason FROM rejects" --db ${values.db}\n`);
+    }
+    return values.strict && summary.rejected ? 3 : 0;
+  },
+};
+
+export function formatSummary(s: IngestSummary): string {
+  const extras = [s.ties ? `${s.ties} rating ties dropped` : '', s.imagesDropped ? `${s.imagesDropped} images missing (kept text-only)` : '']
+    .filter(Boolean).join(', ');
+  return `read ${s.read}, ingested ${s.ingested}, duplicates ${s.duplicates}, rejected ${s.rejected}, ` +
+    `new images ${s.newImages}${extras ? `, ${extras}` : ''}, ${s.seconds.toFixed(1)} s`;
+}

@@ -1,0 +1,101 @@
+/**
+ * Reading, validating and hashing pair images. Every image is fully decoded once with sharp (a truncated or corrupt
+ * file fails here, not in training), bounded by a pixel limit against decompression bombs, and identified by the
+ * sha256 of its bytes so each distinct image is stored once.
+ */
+import { createHash } from 'node:crypto';
+import { readFile, realpath } from 'node:fs/promises';
+import path from 'node:path';
+import sharp, { type OutputInfo } from 'sharp';
+import type { ImageRef } from './rows.js';
+
+export interface ImageOptions {
+  /** Folder that relative paths resolve against and that no path may escape. */
+  root: string;
+  /** Downscale so that the longer side is at most this many pixels (aspect kept). */
+  maxSide?: number;
+  /** Refuse images with more pixels than this (default 64 MP). */
+  maxPixels?: number;
+}
+
+export interface StoredImage {
+  imageId: string;
+  sha256: string;
+  width: number;
+  height: number;
+  origWidth: number;
+  origHeight: number;
+  format: string;
+  bytes: Uint8Array;
+  origin: string;
+}
+
+/** An image that cannot be used; the message says why and what to do. */
+export class ImageError extends Error {}
+
+export const DEFAULT_MAX_PIXELS = 64_000_000;
+
+export function sha256Hex(bytes: Uint8Array | string): string {
+  return createHash('sha256').update(bytes).digest('hex');
+}
+
+/** Resolves a path inside `root`, refusing anything that escapes it (`..`, absolute paths elsewhere, symlinks out). */
+export async function resolveInside(root: string, ref: string): Promise<string> {
+  const realRoot = await realpath(root);
+  const candidate = path.resolve(realRoot, ref);
+  let real: string;
+  try {
+    real = await realpath(candidate);
+  } catch {
+    throw new ImageError(`image file not found: ${ref} (looked in ${realRoot}; pass --images DIR for another folder)`);
+  }
+  const relative = path.relative(realRoot, real);
+  if (relative.startsWith('..') || path.isAbsolute(relative)) {
+    throw new ImageError(`image path ${ref} resolves outside the image root ${realRoot}; refused`);
+  }
+  return real;
+}
+
+/** The bytes an image reference points at, with a label for where they came from. */
+export async function loadImageBytes(ref: ImageRef, root: string): Promise<{ bytes: Uint8Array; origin: string }> {
+  if (ref.kind === 'url') throw new ImageError(`image is a URL (${ref.url.slice(0, 80)}); no network fetches: download it and pass a path`);
+  if (ref.kind === 'bytes') return { bytes: ref.bytes, origin: ref.path ?? '<bytes>' };
+  const file = await resolveInside(root, ref.path);
+  try {
+    return { bytes: await readFile(file), origin: ref.path };
+  } catch (error) {
+    throw new ImageError(`cannot read image ${ref.path}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
+  }
+}
+
+/** Decodes, validates and (optionally) downscales image bytes. `imageId` is the sha256 of the original bytes. */
+export async function decodeImage(bytes: Uint8Array, origin: string, options: Pick<ImageOptions, 'maxSide' | 'maxPixels'>,
+  imageId = sha256Hex(bytes)): Promise<StoredImage> {
+  const limitInputPixels = options.maxPixels ?? DEFAULT_MAX_PIXELS;
+  let info: OutputInfo;
+  let format: string | undefined;
+  try {
+    const image = sharp(bytes, { limitInputPixels, failOn: 'error' });
+    format = (await image.metadata()).format;
+    ({ info } = await image.raw().toBuffer({ resolveWithObject: true }));
+  } catch (error) {
+    const message = (error as Error).message;
+    if (/pixel limit/i.test(message)) throw new ImageError(`image ${origin} has more than ${limitInputPixels} pixels; refused (raise --max-pixels if it is genuine)`);
+    throw new ImageError(`image ${origin} cannot be decoded: ${message}`);
+  }
+  if (!format) throw new ImageError(`image ${origin}: unknown image format`);
+  const stored: StoredImage = {
+    imageId, sha256: imageId, width: info.width, height: info.height, origWidth: info.width, origHeight: info.height,
+    format, bytes, origin,
+  };
+  const { maxSide } = options;
+  if (maxSide && Math.max(info.width, info.height) > maxSide) {
+    const keepFormat = ['jpeg', 'png', 'webp'].includes(format) ? format as 'jpeg' | 'png' | 'webp' : 'png';
+    const { data, info: resized } = await sharp(bytes, { limitInputPixels })
+      .resize({ width: maxSide, height: maxSide, fit: 'inside' })
+      .toFormat(keepFormat)
+      .toBuffer({ resolveWithObject: true });
+    Object.assign(stored, { bytes: data, sha256: sha256Hex(data), width: resized.width, height: resized.height, format: keepFormat });
+  }
+  return stored;
+}

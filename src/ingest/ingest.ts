@@ -1,0 +1,238 @@
+/**
+ * The ingest stage: dataset files → `pairs`, `images`, `labels` and `rejects` in the store.
+ *
+ * Rows stream in batches; each batch is written in one transaction keyed by content hashes, so re-running an ingest
+ * (after a kill, or on the same files) adds exactly the rows that are not there yet.
+ */
+import { stat } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { LIST, listValue, VARCHAR } from '@duckdb/node-api';
+import pLimit from 'p-limit';
+import type { Store } from '../store/store.js';
+import { decodeImage, ImageError, loadImageBytes, sha256Hex, type StoredImage } from './images.js';
+import { detectFileFormat, readRows, type FileFormat, type SourceRow } from './readers.js';
+import { readRow, RowError, type RawPair, type RowLayout } from './rows.js';
+
+export interface IngestOptions {
+  /** File format; detected from the name or first bytes by default. */
+  format?: FileFormat | 'auto';
+  /** Row layout; detected per row by default. */
+  layout?: RowLayout | 'auto';
+  /** Folder that relative image paths resolve against (default: each dataset file's folder). */
+  images?: string;
+  /** Take the image from this field instead of image / images / image_path. */
+  imageField?: string;
+  maxSide?: number;
+  maxPixels?: number;
+  /** What to do with a pair whose image file does not exist: reject the row (default) or keep it text-only. */
+  missingImages?: 'reject' | 'drop';
+  batchSize?: number;
+  /** Images read and decoded at once. */
+  concurrency?: number;
+  onProgress?: (event: ProgressEvent) => void;
+}
+
+export interface ProgressEvent {
+  file: string;
+  rows: number;
+  bytesRead: number;
+  totalBytes: number;
+}
+
+export interface IngestSummary {
+  files: number;
+  /** Rows read (blank lines are not rows). */
+  read: number;
+  /** Pairs added to the store by this run. */
+  ingested: number;
+  /** Pairs already in the store (or earlier in this run). */
+  duplicates: number;
+  /** Rows refused; each has a row in `rejects`. */
+  rejected: number;
+  /** Rated rows whose best and worst completions tie (no pair). */
+  ties: number;
+  /** Pairs kept without their image because the file was missing (--missing-images drop). */
+  imagesDropped: number;
+  /** Distinct images added to the store. */
+  newImages: number;
+  seconds: number;
+}
+
+export interface Reject {
+  source: string;
+  sourceRow: number;
+  field: string | null;
+  reason: string;
+  raw?: string;
+}
+
+const RAW_LIMIT = 4096;
+
+/** A pair ready to store: its content hash and its resolved image. */
+interface ReadyPair extends RawPair {
+  pairId: string;
+  sourceRow: number;
+  imageId: string | null;
+}
+
+/**
+ * sha256 over the canonical JSON of (prompt, chosen, rejected, image), as 32 hex digits. The image is its sha256,
+ * null for text-only pairs, or "missing:<path>" for a pair kept without its missing image file.
+ */
+export function pairId(prompt: string, chosen: string, rejected: string, image: string | null): string {
+  return sha256Hex(JSON.stringify([prompt, chosen, rejected, image])).slice(0, 32);
+}
+
+function rawText(row: SourceRow): string {
+  const text = row.raw ?? JSON.stringify(row.value, (_k, v) => (v instanceof Uint8Array ? `<${v.length} bytes>` : v));
+  return text.length > RAW_LIMIT ? `${text.slice(0, RAW_LIMIT)}…` : text;
+}
+
+export async function ingest(store: Store, files: readonly string[], options: IngestOptions = {}): Promise<IngestSummary> {
+  const started = performance.now();
+  const summary: IngestSummary = { files: files.length, read: 0, ingested: 0, duplicates: 0, rejected: 0, ties: 0, imagesDropped: 0, newImages: 0, seconds: 0 };
+  await store.run('CREATE TEMP TABLE IF NOT EXISTS stage_pairs AS SELECT * FROM pairs LIMIT 0');
+  await store.run('CREATE TEMP TABLE IF NOT EXISTS stage_images AS SELECT * FROM images LIMIT 0');
+  for (const file of files) await ingestFile(store, file, options, summary);
+  summary.seconds = (performance.now() - started) / 1000;
+  return summary;
+}
+
+async function ingestFile(store: Store, file: string, options: IngestOptions, summary: IngestSummary): Promise<void> {
+  const source = path.resolve(file);
+  let totalBytes: number;
+  try {
+    totalBytes = (await stat(source)).size;
+  } catch {
+    throw new Error(`${file}: no such file`);
+  }
+  const format = !options.format || options.format === 'auto' ? await detectFileFormat(source) : options.format;
+  const root = path.resolve(options.images ?? path.dirname(source));
+  const limit = pLimit(options.concurrency ?? Math.max(2, os.availableParallelism() * 2));
+  let rows = 0;
+  for await (const batch of readRows(source, format, options.batchSize ?? 2000, store)) {
+    const rejects: Reject[] = [];
+    const pending: { row: SourceRow; pair: RawPair }[] = [];
+    for (const row of batch.rows) {
+      if (row.error !== undefined) {
+        rejects.push({ source, sourceRow: row.row, field: null, reason: row.error, raw: rawText(row) });
+        continue;
+      }
+      try {
+        const result = readRow(row.value, options.layout ?? 'auto', { imageField: options.imageField });
+        if (result.tie) summary.ties++;
+        for (const pair of result.pairs) pending.push({ row, pair });
+      } catch (error) {
+        if (!(error instanceof RowError)) throw error;
+        rejects.push({ source, sourceRow: row.row, field: error.field, reason: error.message, raw: rawText(row) });
+      }
+    }
+    const { ready, images } = await resolveImages(store, pending, root, options, limit, rejects, summary, source);
+    const inBatch = new Set<string>();
+    const fresh = ready.filter((p) => !inBatch.has(p.pairId) && inBatch.add(p.pairId));
+    const inserted = await writeBatch(store, source, format, fresh, images, rejects);
+    summary.read += batch.rows.length;
+    summary.ingested += inserted.pairs;
+    summary.newImages += inserted.images;
+    summary.duplicates += ready.length - inserted.pairs;
+    summary.rejected += new Set(rejects.map((r) => r.sourceRow)).size;
+    rows += batch.rows.length;
+    options.onProgress?.({ file, rows, bytesRead: batch.bytesRead || totalBytes, totalBytes });
+  }
+}
+
+/**
+ * Reads, hashes and (for images not yet stored) decodes the batch's images with bounded concurrency.
+ * A pair whose image fails is rejected, or kept text-only when its file is missing and missingImages is "drop".
+ */
+async function resolveImages(store: Store, pending: { row: SourceRow; pair: RawPair }[], root: string, options: IngestOptions,
+  limit: ReturnType<typeof pLimit>, rejects: Reject[], summary: IngestSummary, source: string):
+  Promise<{ ready: ReadyPair[]; images: StoredImage[] }> {
+  const loaded = await Promise.all(pending.map(({ pair }) => limit(async () => {
+    if (!pair.image) return null;
+    try {
+      const { bytes, origin } = await loadImageBytes(pair.image, root);
+      return { bytes, origin, sha: sha256Hex(bytes) };
+    } catch (error) {
+      if (error instanceof ImageError || (error as Error).name === 'ImageError') return error as ImageError;
+      throw error;
+    }
+  })));
+  const shas = [...new Set(loaded.flatMap((l) => (l && !(l instanceof Error) ? [l.sha] : [])))];
+  const known = new Set(shas.length
+    ? (await store.connection.runAndReadAll('SELECT image_id FROM images WHERE list_contains(?, image_id)', [listValue(shas)], [LIST(VARCHAR)]))
+      .getRowsJS().map((r) => r[0] as string)
+    : []);
+  const decoding = new Map<string, Promise<StoredImage | ImageError>>();
+  const decoded = await Promise.all(loaded.map((l) => {
+    if (!l || l instanceof Error || known.has(l.sha)) return l;
+    let job = decoding.get(l.sha);
+    if (!job) {
+      job = limit(() => decodeImage(l.bytes, l.origin, options, l.sha).catch((e: unknown) => {
+        if (e instanceof ImageError) return e;
+        throw e;
+      }));
+      decoding.set(l.sha, job);
+    }
+    return job;
+  }));
+  const ready: ReadyPair[] = [];
+  const images = new Map<string, StoredImage>();
+  pending.forEach(({ row, pair }, i) => {
+    const image = decoded[i];
+    const load = loaded[i];
+    let imageSha: string | null = null;
+    let identity: string | null = null;
+    if (image instanceof Error) {
+      const missing = /not found/.test(image.message);
+      if (!(missing && options.missingImages === 'drop')) {
+        rejects.push({ source, sourceRow: row.row, field: 'image', reason: image.message, raw: rawText(row) });
+        return;
+      }
+      summary.imagesDropped++;
+      pair.meta = { ...pair.meta, image_dropped: image.message };
+      // Two pairs that differ only in their (missing) image stay two pairs.
+      identity = `missing:${pair.image?.kind === 'path' ? pair.image.path : ''}`;
+    } else if (image && load && !(load instanceof Error)) {
+      imageSha = identity = load.sha;
+      if ('imageId' in image) images.set(image.imageId, image);
+    }
+    ready.push({ ...pair, pairId: pairId(pair.prompt, pair.chosen, pair.rejected, identity), sourceRow: row.row, imageId: imageSha });
+  });
+  return { ready, images: [...images.values()] };
+}
+
+/** Writes one batch in one transaction; returns how many pairs and images were new. */
+async function writeBatch(store: Store, source: string, format: string, pairs: ReadyPair[], images: StoredImage[], rejects: Reject[]):
+  Promise<{ pairs: number; images: number }> {
+  return store.transaction(async () => {
+    await store.append('stage_images', ['varchar', 'varchar', 'integer', 'integer', 'integer', 'integer', 'varchar', 'bigint', 'blob', 'varchar'],
+      images.map((im) => [im.imageId, im.sha256, im.width, im.height, im.origWidth, im.origHeight, im.format, im.bytes.length, im.bytes, im.origin]), true);
+    const newImages = (await store.connection.run('INSERT OR IGNORE INTO images SELECT * FROM stage_images')).rowsChanged;
+    await store.append('stage_pairs', ['varchar', 'varchar', 'bigint', 'varchar', 'varchar', 'varchar', 'varchar', 'varchar', 'varchar'],
+      pairs.map((p) => [p.pairId, source, p.sourceRow, format, p.prompt, p.chosen, p.rejected, p.imageId,
+        Object.keys(p.meta).length ? JSON.stringify(p.meta) : null]), true);
+    const inserted = new Set((await store.connection.runAndReadAll('INSERT OR IGNORE INTO pairs SELECT * FROM stage_pairs RETURNING pair_id'))
+      .getRowsJS().map((r) => r[0] as string));
+    await store.run('DELETE FROM stage_pairs');
+    await store.run('DELETE FROM stage_images');
+    // A duplicate pair's labels are not merged in: the first occurrence of a pair is the one kept, labels and all.
+    const labels = pairs.filter((p) => inserted.has(p.pairId)).flatMap((p) => p.labels.map((l) => [p.pairId, l.side, l.start, l.end, l.label]));
+    if (labels.length) {
+      await store.run('CREATE TEMP TABLE IF NOT EXISTS stage_labels AS SELECT * FROM labels LIMIT 0');
+      await store.append('stage_labels', ['varchar', 'varchar', 'integer', 'integer', 'varchar'], labels, true);
+      await store.run('INSERT OR IGNORE INTO labels SELECT DISTINCT * FROM stage_labels');
+      await store.run('DELETE FROM stage_labels');
+    }
+    if (rejects.length) {
+      await store.run('CREATE TEMP TABLE IF NOT EXISTS stage_rejects AS SELECT * FROM rejects LIMIT 0');
+      await store.append('stage_rejects', ['varchar', 'varchar', 'bigint', 'varchar', 'varchar', 'varchar'],
+        rejects.map((r) => ['ingest', r.source, r.sourceRow, r.field, r.reason, r.raw]), true);
+      // One reject per row: a row with several bad pairs (HA-DPO lists) keeps its first reason.
+      await store.run(`INSERT OR IGNORE INTO rejects SELECT * FROM stage_rejects QUALIFY row_number() OVER (PARTITION BY stage, source, source_row) = 1`);
+      await store.run('DELETE FROM stage_rejects');
+    }
+    return { pairs: inserted.size, images: Number(newImages) };
+  });
+}
