@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import sharp from 'sharp';
 import { tableToIPC, vectorFromArray, Binary, Utf8, Table } from 'apache-arrow';
@@ -262,7 +262,11 @@ test('a run killed with SIGKILL and re-run ends with exactly the rows of one cle
   writeFileSync(dataset, lines.join('\n') + '\n');
   const killedDb = path.join(dir, 'killed.duckdb');
   const child = spawn(process.execPath, [CLI, 'ingest', dataset, '--db', killedDb, '--batch-size', '500'], { stdio: 'ignore' });
-  await new Promise((resolve) => setTimeout(resolve, 1500));
+  // Kill once the write-ahead log shows committed batches, i.e. mid-run.
+  const wal = `${killedDb}.wal`;
+  for (let waited = 0; waited < 30_000 && (!existsSync(wal) || statSync(wal).size < 200_000); waited += 10) {
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
   child.kill('SIGKILL');
   await new Promise((resolve) => child.once('exit', resolve));
   // The kill must land mid-run for this test to mean anything: some batches committed, not all.

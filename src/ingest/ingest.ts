@@ -4,6 +4,7 @@
  * Rows stream in batches; each batch is written in one transaction keyed by content hashes, so re-running an ingest
  * (after a kill, or on the same files) adds exactly the rows that are not there yet.
  */
+import { createHash } from 'node:crypto';
 import { stat } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -68,6 +69,7 @@ export interface Reject {
 }
 
 const RAW_LIMIT = 4096;
+export const DEFAULT_BATCH_SIZE = 5000;
 
 /** A pair ready to store: its content hash and its resolved image. */
 interface ReadyPair extends RawPair {
@@ -77,11 +79,13 @@ interface ReadyPair extends RawPair {
 }
 
 /**
- * sha256 over the canonical JSON of (prompt, chosen, rejected, image), as 32 hex digits. The image is its sha256,
- * null for text-only pairs, or "missing:<path>" for a pair kept without its missing image file.
+ * The first 32 hex digits of sha256 over the length-prefixed UTF-8 of (prompt, chosen, rejected, image), where the
+ * image is its sha256, "" for a text-only pair, or "missing:<path>" for a pair kept without its missing image file.
  */
 export function pairId(prompt: string, chosen: string, rejected: string, image: string | null): string {
-  return sha256Hex(JSON.stringify([prompt, chosen, rejected, image])).slice(0, 32);
+  const hash = createHash('sha256');
+  for (const part of [prompt, chosen, rejected, image ?? '']) hash.update(`${part.length}:`).update(part);
+  return hash.digest('hex').slice(0, 32);
 }
 
 function rawText(row: SourceRow): string {
@@ -92,14 +96,15 @@ function rawText(row: SourceRow): string {
 export async function ingest(store: Store, files: readonly string[], options: IngestOptions = {}): Promise<IngestSummary> {
   const started = performance.now();
   const summary: IngestSummary = { files: files.length, read: 0, ingested: 0, duplicates: 0, rejected: 0, ties: 0, imagesDropped: 0, newImages: 0, seconds: 0 };
-  await store.run('CREATE TEMP TABLE IF NOT EXISTS stage_pairs AS SELECT * FROM pairs LIMIT 0');
   await store.run('CREATE TEMP TABLE IF NOT EXISTS stage_images AS SELECT * FROM images LIMIT 0');
-  for (const file of files) await ingestFile(store, file, options, summary);
+  await store.run('CREATE TEMP TABLE IF NOT EXISTS stage_rejects AS SELECT * FROM rejects LIMIT 0');
+  const knownPairs = new Set((await store.connection.runAndReadAll('SELECT pair_id FROM pairs')).getColumnsJS()[0] as string[] ?? []);
+  for (const file of files) await ingestFile(store, file, options, summary, knownPairs);
   summary.seconds = (performance.now() - started) / 1000;
   return summary;
 }
 
-async function ingestFile(store: Store, file: string, options: IngestOptions, summary: IngestSummary): Promise<void> {
+async function ingestFile(store: Store, file: string, options: IngestOptions, summary: IngestSummary, knownPairs: Set<string>): Promise<void> {
   const source = path.resolve(file);
   let totalBytes: number;
   try {
@@ -111,7 +116,7 @@ async function ingestFile(store: Store, file: string, options: IngestOptions, su
   const root = path.resolve(options.images ?? path.dirname(source));
   const limit = pLimit(options.concurrency ?? Math.max(2, os.availableParallelism() * 2));
   let rows = 0;
-  for await (const batch of readRows(source, format, options.batchSize ?? 2000, store)) {
+  for await (const batch of readRows(source, format, options.batchSize ?? DEFAULT_BATCH_SIZE, store)) {
     const rejects: Reject[] = [];
     const pending: { row: SourceRow; pair: RawPair }[] = [];
     for (const row of batch.rows) {
@@ -129,9 +134,7 @@ async function ingestFile(store: Store, file: string, options: IngestOptions, su
       }
     }
     const { ready, images } = await resolveImages(store, pending, root, options, limit, rejects, summary, source);
-    const inBatch = new Set<string>();
-    const fresh = ready.filter((p) => !inBatch.has(p.pairId) && inBatch.add(p.pairId));
-    const inserted = await writeBatch(store, source, format, fresh, images, rejects);
+    const inserted = await writeBatch(store, source, format, ready, images, rejects, knownPairs);
     summary.read += batch.rows.length;
     summary.ingested += inserted.pairs;
     summary.newImages += inserted.images;
@@ -198,41 +201,43 @@ async function resolveImages(store: Store, pending: { row: SourceRow; pair: RawP
       imageSha = identity = load.sha;
       if ('imageId' in image) images.set(image.imageId, image);
     }
-    ready.push({ ...pair, pairId: pairId(pair.prompt, pair.chosen, pair.rejected, identity), sourceRow: row.row, imageId: imageSha });
+    const readyPair = pair as ReadyPair;
+    readyPair.pairId = pairId(pair.prompt, pair.chosen, pair.rejected, identity);
+    readyPair.sourceRow = row.row;
+    readyPair.imageId = imageSha;
+    ready.push(readyPair);
   });
   return { ready, images: [...images.values()] };
 }
 
 /** Writes one batch in one transaction; returns how many pairs and images were new. */
-async function writeBatch(store: Store, source: string, format: string, pairs: ReadyPair[], images: StoredImage[], rejects: Reject[]):
-  Promise<{ pairs: number; images: number }> {
-  return store.transaction(async () => {
-    await store.append('stage_images', ['varchar', 'varchar', 'integer', 'integer', 'integer', 'integer', 'varchar', 'bigint', 'blob', 'varchar'],
-      images.map((im) => [im.imageId, im.sha256, im.width, im.height, im.origWidth, im.origHeight, im.format, im.bytes.length, im.bytes, im.origin]), true);
-    const newImages = (await store.connection.run('INSERT OR IGNORE INTO images SELECT * FROM stage_images')).rowsChanged;
-    await store.append('stage_pairs', ['varchar', 'varchar', 'bigint', 'varchar', 'varchar', 'varchar', 'varchar', 'varchar', 'varchar'],
-      pairs.map((p) => [p.pairId, source, p.sourceRow, format, p.prompt, p.chosen, p.rejected, p.imageId,
-        Object.keys(p.meta).length ? JSON.stringify(p.meta) : null]), true);
-    const inserted = new Set((await store.connection.runAndReadAll('INSERT OR IGNORE INTO pairs SELECT * FROM stage_pairs RETURNING pair_id'))
-      .getRowsJS().map((r) => r[0] as string));
-    await store.run('DELETE FROM stage_pairs');
-    await store.run('DELETE FROM stage_images');
-    // A duplicate pair's labels are not merged in: the first occurrence of a pair is the one kept, labels and all.
-    const labels = pairs.filter((p) => inserted.has(p.pairId)).flatMap((p) => p.labels.map((l) => [p.pairId, l.side, l.start, l.end, l.label]));
-    if (labels.length) {
-      await store.run('CREATE TEMP TABLE IF NOT EXISTS stage_labels AS SELECT * FROM labels LIMIT 0');
-      await store.append('stage_labels', ['varchar', 'varchar', 'integer', 'integer', 'varchar'], labels, true);
-      await store.run('INSERT OR IGNORE INTO labels SELECT DISTINCT * FROM stage_labels');
-      await store.run('DELETE FROM stage_labels');
-    }
-    if (rejects.length) {
-      await store.run('CREATE TEMP TABLE IF NOT EXISTS stage_rejects AS SELECT * FROM rejects LIMIT 0');
-      await store.append('stage_rejects', ['varchar', 'varchar', 'bigint', 'varchar', 'varchar', 'varchar'],
-        rejects.map((r) => ['ingest', r.source, r.sourceRow, r.field, r.reason, r.raw]), true);
-      // One reject per row: a row with several bad pairs (HA-DPO lists) keeps its first reason.
-      await store.run(`INSERT OR IGNORE INTO rejects SELECT * FROM stage_rejects QUALIFY row_number() OVER (PARTITION BY stage, source, source_row) = 1`);
-      await store.run('DELETE FROM stage_rejects');
-    }
-    return { pairs: inserted.size, images: Number(newImages) };
-  });
+async function writeBatch(store: Store, source: string, format: string, ready: ReadyPair[], images: StoredImage[], rejects: Reject[],
+  knownPairs: Set<string>): Promise<{ pairs: number; images: number }> {
+  // Deduplicated here rather than by a primary key: DuckDB's index upkeep would cost four times the whole load.
+  const fresh = ready.filter((p) => !knownPairs.has(p.pairId) && knownPairs.add(p.pairId));
+  try {
+    return await store.transaction(async () => {
+      await store.append('stage_images', ['varchar', 'varchar', 'integer', 'integer', 'integer', 'integer', 'varchar', 'bigint', 'blob', 'varchar'],
+        images.map((im) => [im.imageId, im.sha256, im.width, im.height, im.origWidth, im.origHeight, im.format, im.bytes.length, im.bytes, im.origin]), true);
+      const newImages = images.length ? (await store.connection.run('INSERT OR IGNORE INTO images SELECT * FROM stage_images')).rowsChanged : 0;
+      if (images.length) await store.run('DELETE FROM stage_images');
+      await store.append('pairs', ['varchar', 'varchar', 'bigint', 'varchar', 'varchar', 'varchar', 'varchar', 'varchar', 'varchar'],
+        fresh.map((p) => [p.pairId, source, p.sourceRow, format, p.prompt, p.chosen, p.rejected, p.imageId,
+          Object.keys(p.meta).length ? JSON.stringify(p.meta) : null]));
+      // Labels travel with the first occurrence of their pair only.
+      await store.append('labels', ['varchar', 'varchar', 'integer', 'integer', 'varchar'],
+        fresh.flatMap((p) => p.labels.map((l) => [p.pairId, l.side, l.start, l.end, l.label])));
+      if (rejects.length) {
+        await store.append('stage_rejects', ['varchar', 'varchar', 'bigint', 'varchar', 'varchar', 'varchar'],
+          rejects.map((r) => ['ingest', r.source, r.sourceRow, r.field, r.reason, r.raw]), true);
+        // One reject per row: a row with several bad pairs (HA-DPO lists) keeps its first reason.
+        await store.run(`INSERT OR IGNORE INTO rejects SELECT * FROM stage_rejects QUALIFY row_number() OVER (PARTITION BY stage, source, source_row) = 1`);
+        await store.run('DELETE FROM stage_rejects');
+      }
+      return { pairs: fresh.length, images: Number(newImages) };
+    });
+  } catch (error) {
+    for (const p of fresh) knownPairs.delete(p.pairId);
+    throw error;
+  }
 }

@@ -68,8 +68,7 @@ function parseRow(row: number, raw: string): SourceRow {
 }
 
 async function* readJsonLines(file: string, batchSize: number): AsyncGenerator<RowBatch> {
-  const decoder = new StringDecoder('utf8');
-  let carry = '';
+  let carry: Buffer = Buffer.alloc(0);
   let line = 0;
   let bytesRead = 0;
   let rows: SourceRow[] = [];
@@ -80,20 +79,27 @@ async function* readJsonLines(file: string, batchSize: number): AsyncGenerator<R
   };
   for await (const chunk of createReadStream(file, { highWaterMark: CHUNK })) {
     bytesRead += (chunk as Buffer).length;
-    const text = carry + decoder.write(chunk as Buffer);
+    // Decode only whole lines, so a multi-byte character is never split.
+    const buffer = carry.length ? Buffer.concat([carry, chunk as Buffer]) : (chunk as Buffer);
+    const last = buffer.lastIndexOf(10);
+    if (last === -1) {
+      carry = buffer;
+      continue;
+    }
+    const text = buffer.toString('utf8', 0, last);
+    carry = buffer.subarray(last + 1);
     let from = 0;
     for (let nl = text.indexOf('\n'); nl !== -1; nl = text.indexOf('\n', from)) {
       take(text.slice(from, nl));
       from = nl + 1;
     }
-    carry = text.slice(from);
+    take(text.slice(from));
     if (rows.length >= batchSize) {
       yield { rows, bytesRead };
       rows = [];
     }
   }
-  carry += decoder.end();
-  if (carry) take(carry);
+  if (carry.length) take(carry.toString('utf8'));
   if (rows.length) yield { rows, bytesRead };
 }
 

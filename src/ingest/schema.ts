@@ -17,7 +17,7 @@ export const INGEST_SCHEMA: Migration = {
       origin     VARCHAR                -- where it was first seen (path, or "<bytes>")
     );
     CREATE TABLE pairs (
-      pair_id    VARCHAR PRIMARY KEY,   -- sha256 of (prompt, chosen, rejected, image sha256), see docs/schema.md
+      pair_id    VARCHAR NOT NULL,      -- sha256 of (prompt, chosen, rejected, image), unique (ingest inserts only new ids)
       source     VARCHAR NOT NULL,      -- dataset file
       source_row BIGINT NOT NULL,       -- 0-based row (line for JSON Lines) in that file
       format     VARCHAR NOT NULL,      -- the reader that produced it
@@ -32,8 +32,7 @@ export const INGEST_SCHEMA: Migration = {
       side    VARCHAR NOT NULL,         -- chosen | rejected
       start   INTEGER NOT NULL,         -- UTF-16 offsets into the response
       "end"   INTEGER NOT NULL,
-      label   VARCHAR NOT NULL,
-      PRIMARY KEY (pair_id, side, start, "end", label)
+      label   VARCHAR NOT NULL          -- written once, with the pair that carries it
     );
     CREATE TABLE rejects (
       stage      VARCHAR NOT NULL,      -- ingest, shard, ...
