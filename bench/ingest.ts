@@ -52,7 +52,7 @@ async function writeTextDataset(file: string, pairs: number): Promise<void> {
   const out = createWriteStream(file);
   for (let i = 0; i < pairs; i++) {
     const line = JSON.stringify({ prompt: `Describe image ${i} in detail.`, chosen: g.paragraph(), rejected: g.paragraph() }) + '\n';
-    if (!out.write(line)) await new Promise((resolve) => out.once('drain', resolve));
+    if (!out.write(line)) await new Promise<void>((resolve) => out.once('drain', () => resolve()));
   }
   await new Promise<void>((resolve) => out.end(() => resolve()));
   createWriteStream(`${file}.done-${pairs}`).end();
