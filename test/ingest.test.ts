@@ -253,7 +253,7 @@ test('re-running an ingest adds nothing', async () => {
 
 test('a run killed with SIGKILL and re-run ends with exactly the rows of one clean run', async () => {
   const dir = tempDir();
-  const n = 60_000;
+  const n = 80_000;
   const lines: string[] = [];
   for (let i = 0; i < n; i++) {
     lines.push(i % 997 === 5 ? '{oops' : JSON.stringify({ prompt: `Question ${i}?`, chosen: `Answer ${i}. It is right.`, rejected: `Answer ${i + 1}. It is wrong.` }));
@@ -262,9 +262,9 @@ test('a run killed with SIGKILL and re-run ends with exactly the rows of one cle
   writeFileSync(dataset, lines.join('\n') + '\n');
   const killedDb = path.join(dir, 'killed.duckdb');
   const child = spawn(process.execPath, [CLI, 'ingest', dataset, '--db', killedDb, '--batch-size', '500'], { stdio: 'ignore' });
-  // Kill once the write-ahead log shows committed batches, i.e. mid-run.
+  // Kill once the write-ahead log holds a few committed batches (the first flush may still be in progress), i.e. mid-run.
   const wal = `${killedDb}.wal`;
-  for (let waited = 0; waited < 30_000 && (!existsSync(wal) || statSync(wal).size < 200_000); waited += 10) {
+  for (let waited = 0; waited < 30_000 && (!existsSync(wal) || statSync(wal).size < 3_000_000); waited += 10) {
     await new Promise((resolve) => setTimeout(resolve, 10));
   }
   child.kill('SIGKILL');

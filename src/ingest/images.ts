@@ -31,7 +31,11 @@ export interface StoredImage {
 }
 
 /** An image that cannot be used; the message says why and what to do. */
-export class ImageError extends Error {}
+export class ImageError extends Error {
+  constructor(readonly code: 'missing' | 'refused' | 'unreadable', message: string) {
+    super(message);
+  }
+}
 
 export const DEFAULT_MAX_PIXELS = 64_000_000;
 
@@ -47,24 +51,24 @@ export async function resolveInside(root: string, ref: string): Promise<string> 
   try {
     real = await realpath(candidate);
   } catch {
-    throw new ImageError(`image file not found: ${ref} (looked in ${realRoot}; pass --images DIR for another folder)`);
+    throw new ImageError('missing', `image file not found: ${ref} (looked in ${realRoot}; pass --images DIR for another folder)`);
   }
   const relative = path.relative(realRoot, real);
   if (relative.startsWith('..') || path.isAbsolute(relative)) {
-    throw new ImageError(`image path ${ref} resolves outside the image root ${realRoot}; refused`);
+    throw new ImageError('refused', `image path ${ref} resolves outside the image root ${realRoot}; refused`);
   }
   return real;
 }
 
 /** The bytes an image reference points at, with a label for where they came from. */
 export async function loadImageBytes(ref: ImageRef, root: string): Promise<{ bytes: Uint8Array; origin: string }> {
-  if (ref.kind === 'url') throw new ImageError(`image is a URL (${ref.url.slice(0, 80)}); no network fetches: download it and pass a path`);
+  if (ref.kind === 'url') throw new ImageError('refused', `image is a URL (${ref.url.slice(0, 80)}); no network fetches: download it and pass a path`);
   if (ref.kind === 'bytes') return { bytes: ref.bytes, origin: ref.path ?? '<bytes>' };
   const file = await resolveInside(root, ref.path);
   try {
     return { bytes: await readFile(file), origin: ref.path };
   } catch (error) {
-    throw new ImageError(`cannot read image ${ref.path}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
+    throw new ImageError('unreadable', `cannot read image ${ref.path}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
   }
 }
 
@@ -80,10 +84,10 @@ export async function decodeImage(bytes: Uint8Array, origin: string, options: Pi
     ({ info } = await image.raw().toBuffer({ resolveWithObject: true }));
   } catch (error) {
     const message = (error as Error).message;
-    if (/pixel limit/i.test(message)) throw new ImageError(`image ${origin} has more than ${limitInputPixels} pixels; refused (raise --max-pixels if it is genuine)`);
-    throw new ImageError(`image ${origin} cannot be decoded: ${message}`);
+    if (/pixel limit/i.test(message)) throw new ImageError('refused', `image ${origin} has more than ${limitInputPixels} pixels; refused (raise --max-pixels if it is genuine)`);
+    throw new ImageError('unreadable', `image ${origin} cannot be decoded: ${message}`);
   }
-  if (!format) throw new ImageError(`image ${origin}: unknown image format`);
+  if (!format) throw new ImageError('unreadable', `image ${origin}: unknown image format`);
   const stored: StoredImage = {
     imageId, sha256: imageId, width: info.width, height: info.height, origWidth: info.width, origHeight: info.height,
     format, bytes, origin,

@@ -116,6 +116,7 @@ async function ingestFile(store: Store, file: string, options: IngestOptions, su
   const root = path.resolve(options.images ?? path.dirname(source));
   const limit = pLimit(options.concurrency ?? Math.max(2, os.availableParallelism() * 2));
   let rows = 0;
+  let writing: Promise<void> = Promise.resolve();
   for await (const batch of readRows(source, format, options.batchSize ?? DEFAULT_BATCH_SIZE, store)) {
     const rejects: Reject[] = [];
     const pending: { row: SourceRow; pair: RawPair }[] = [];
@@ -133,35 +134,50 @@ async function ingestFile(store: Store, file: string, options: IngestOptions, su
         rejects.push({ source, sourceRow: row.row, field: error.field, reason: error.message, raw: rawText(row) });
       }
     }
-    const { ready, images } = await resolveImages(store, pending, root, options, limit, rejects, summary, source);
-    const inserted = await writeBatch(store, source, format, ready, images, rejects, knownPairs);
-    summary.read += batch.rows.length;
-    summary.ingested += inserted.pairs;
-    summary.newImages += inserted.images;
-    summary.duplicates += ready.length - inserted.pairs;
-    summary.rejected += new Set(rejects.map((r) => r.sourceRow)).size;
-    rows += batch.rows.length;
-    options.onProgress?.({ file, rows, bytesRead: batch.bytesRead || totalBytes, totalBytes });
+    const loaded = await loadImages(pending, root, limit);
+    // One batch is written while the next is read and parsed; the store sees one operation at a time.
+    await writing;
+    const { ready, images } = await decodeImages(store, pending, loaded, options, limit, rejects, summary, source);
+    const rowsSoFar = (rows += batch.rows.length);
+    const bytesRead = batch.bytesRead || totalBytes;
+    writing = writeBatch(store, source, format, ready, images, rejects, knownPairs).then((inserted) => {
+      summary.read += batch.rows.length;
+      summary.ingested += inserted.pairs;
+      summary.newImages += inserted.images;
+      summary.duplicates += ready.length - inserted.pairs;
+      summary.rejected += new Set(rejects.map((r) => r.sourceRow)).size;
+      options.onProgress?.({ file, rows: rowsSoFar, bytesRead, totalBytes });
+    });
   }
+  await writing;
+}
+
+type Loaded = { bytes: Uint8Array; origin: string; sha: string } | ImageError | null;
+
+/** Reads and hashes the batch's images (file I/O only; the store is not touched). */
+function loadImages(pending: { pair: RawPair }[], root: string, limit: ReturnType<typeof pLimit>): Promise<Loaded[]> {
+  return Promise.all(pending.map(({ pair }) => {
+    if (!pair.image) return null;
+    const image = pair.image;
+    return limit(async () => {
+      try {
+        const { bytes, origin } = await loadImageBytes(image, root);
+        return { bytes, origin, sha: sha256Hex(bytes) };
+      } catch (error) {
+        if (error instanceof ImageError) return error;
+        throw error;
+      }
+    });
+  }));
 }
 
 /**
- * Reads, hashes and (for images not yet stored) decodes the batch's images with bounded concurrency.
+ * Decodes the images not yet stored (each distinct one once, bounded concurrency) and gives every pair its id.
  * A pair whose image fails is rejected, or kept text-only when its file is missing and missingImages is "drop".
  */
-async function resolveImages(store: Store, pending: { row: SourceRow; pair: RawPair }[], root: string, options: IngestOptions,
+async function decodeImages(store: Store, pending: { row: SourceRow; pair: RawPair }[], loaded: Loaded[], options: IngestOptions,
   limit: ReturnType<typeof pLimit>, rejects: Reject[], summary: IngestSummary, source: string):
   Promise<{ ready: ReadyPair[]; images: StoredImage[] }> {
-  const loaded = await Promise.all(pending.map(({ pair }) => limit(async () => {
-    if (!pair.image) return null;
-    try {
-      const { bytes, origin } = await loadImageBytes(pair.image, root);
-      return { bytes, origin, sha: sha256Hex(bytes) };
-    } catch (error) {
-      if (error instanceof ImageError || (error as Error).name === 'ImageError') return error as ImageError;
-      throw error;
-    }
-  })));
   const shas = [...new Set(loaded.flatMap((l) => (l && !(l instanceof Error) ? [l.sha] : [])))];
   const known = new Set(shas.length
     ? (await store.connection.runAndReadAll('SELECT image_id FROM images WHERE list_contains(?, image_id)', [listValue(shas)], [LIST(VARCHAR)]))
@@ -188,8 +204,7 @@ async function resolveImages(store: Store, pending: { row: SourceRow; pair: RawP
     let imageSha: string | null = null;
     let identity: string | null = null;
     if (image instanceof Error) {
-      const missing = /not found/.test(image.message);
-      if (!(missing && options.missingImages === 'drop')) {
+      if (!(image.code === 'missing' && options.missingImages === 'drop')) {
         rejects.push({ source, sourceRow: row.row, field: 'image', reason: image.message, raw: rawText(row) });
         return;
       }
