@@ -72,15 +72,25 @@ export async function loadImageBytes(ref: ImageRef, root: string): Promise<{ byt
   }
 }
 
+/** The common formats from their signatures, saving sharp a header parse; undefined for the rest. */
+function sniffFormat(bytes: Uint8Array): string | undefined {
+  const ascii = (from: number, to: number) => String.fromCharCode(...bytes.subarray(from, to));
+  if (bytes[0] === 0xff && bytes[1] === 0xd8 && bytes[2] === 0xff) return 'jpeg';
+  if (ascii(0, 8) === '\x89PNG\r\n\x1a\n') return 'png';
+  if (ascii(0, 4) === 'RIFF' && ascii(8, 12) === 'WEBP') return 'webp';
+  if (ascii(0, 4) === 'GIF8') return 'gif';
+  return undefined;
+}
+
 /** Decodes, validates and (optionally) downscales image bytes. `imageId` is the sha256 of the original bytes. */
 export async function decodeImage(bytes: Uint8Array, origin: string, options: Pick<ImageOptions, 'maxSide' | 'maxPixels'>,
   imageId = sha256Hex(bytes)): Promise<StoredImage> {
   const limitInputPixels = options.maxPixels ?? DEFAULT_MAX_PIXELS;
   let info: OutputInfo;
-  let format: string | undefined;
+  let format = sniffFormat(bytes);
   try {
     const image = sharp(bytes, { limitInputPixels, failOn: 'error' });
-    format = (await image.metadata()).format;
+    format ??= (await image.metadata()).format;
     ({ info } = await image.raw().toBuffer({ resolveWithObject: true }));
   } catch (error) {
     const message = (error as Error).message;

@@ -8,12 +8,11 @@ import { createHash } from 'node:crypto';
 import { stat } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { LIST, listValue, VARCHAR } from '@duckdb/node-api';
 import pLimit from 'p-limit';
 import type { Store } from '../store/store.js';
 import { decodeImage, ImageError, loadImageBytes, sha256Hex, type StoredImage } from './images.js';
 import { detectFileFormat, readRows, type FileFormat, type SourceRow } from './readers.js';
-import { readRow, RowError, type RawPair, type RowLayout } from './rows.js';
+import { readRow, RowError, type ImageRef, type RawPair, type RowLayout } from './rows.js';
 
 export interface IngestOptions {
   /** File format; detected from the name or first bytes by default. */
@@ -95,16 +94,41 @@ function rawText(row: SourceRow): string {
 
 export async function ingest(store: Store, files: readonly string[], options: IngestOptions = {}): Promise<IngestSummary> {
   const started = performance.now();
-  const summary: IngestSummary = { files: files.length, read: 0, ingested: 0, duplicates: 0, rejected: 0, ties: 0, imagesDropped: 0, newImages: 0, seconds: 0 };
   await store.run('CREATE TEMP TABLE IF NOT EXISTS stage_images AS SELECT * FROM images LIMIT 0');
   await store.run('CREATE TEMP TABLE IF NOT EXISTS stage_rejects AS SELECT * FROM rejects LIMIT 0');
-  const knownPairs = new Set((await store.connection.runAndReadAll('SELECT pair_id FROM pairs')).getColumnsJS()[0] as string[] ?? []);
-  for (const file of files) await ingestFile(store, file, options, summary, knownPairs);
-  summary.seconds = (performance.now() - started) / 1000;
-  return summary;
+  const ids = async (sql: string) => new Set(((await store.connection.runAndReadAll(sql)).getColumnsJS()[0] ?? []) as string[]);
+  const run: Run = {
+    store, options,
+    summary: { files: files.length, read: 0, ingested: 0, duplicates: 0, rejected: 0, ties: 0, imagesDropped: 0, newImages: 0, seconds: 0 },
+    knownPairs: await ids('SELECT pair_id FROM pairs'),
+    knownImages: await ids('SELECT image_id FROM images'),
+    decoding: new Map(),
+    limit: pLimit(options.concurrency ?? Math.max(2, os.availableParallelism() * 2)),
+  };
+  for (const file of files) await ingestFile(run, file);
+  run.summary.seconds = (performance.now() - started) / 1000;
+  return run.summary;
 }
 
-async function ingestFile(store: Store, file: string, options: IngestOptions, summary: IngestSummary, knownPairs: Set<string>): Promise<void> {
+/** The state one ingest call carries across files and batches. */
+interface Run {
+  store: Store;
+  options: IngestOptions;
+  summary: IngestSummary;
+  /** Ids already stored (or written by this run): deduplicated here rather than by a DuckDB primary key, whose index
+   *  upkeep would cost four times the whole load. */
+  knownPairs: Set<string>;
+  knownImages: Set<string>;
+  /** Images of this run not yet written, by sha256: each distinct image is decoded once. */
+  decoding: Map<string, Promise<StoredImage | ImageError>>;
+  limit: ReturnType<typeof pLimit>;
+}
+
+/** What became of one pair's image: stored or to be stored (sha), failed, or none. */
+type ImageOutcome = { sha: string; stored?: StoredImage } | ImageError | null;
+
+async function ingestFile(run: Run, file: string): Promise<void> {
+  const { options, summary } = run;
   const source = path.resolve(file);
   let totalBytes: number;
   try {
@@ -114,10 +138,9 @@ async function ingestFile(store: Store, file: string, options: IngestOptions, su
   }
   const format = !options.format || options.format === 'auto' ? await detectFileFormat(source) : options.format;
   const root = path.resolve(options.images ?? path.dirname(source));
-  const limit = pLimit(options.concurrency ?? Math.max(2, os.availableParallelism() * 2));
   let rows = 0;
   let writing: Promise<void> = Promise.resolve();
-  for await (const batch of readRows(source, format, options.batchSize ?? DEFAULT_BATCH_SIZE, store)) {
+  for await (const batch of readRows(source, format, options.batchSize ?? DEFAULT_BATCH_SIZE, run.store)) {
     const rejects: Reject[] = [];
     const pending: { row: SourceRow; pair: RawPair }[] = [];
     for (const row of batch.rows) {
@@ -134,13 +157,14 @@ async function ingestFile(store: Store, file: string, options: IngestOptions, su
         rejects.push({ source, sourceRow: row.row, field: error.field, reason: error.message, raw: rawText(row) });
       }
     }
-    const loaded = await loadImages(pending, root, limit);
-    // One batch is written while the next is read and parsed; the store sees one operation at a time.
-    await writing;
-    const { ready, images } = await decodeImages(store, pending, loaded, options, limit, rejects, summary, source);
+    const outcomes = await Promise.all(pending.map(({ pair }) => (pair.image ? resolveImage(run, pair.image, root) : null)));
+    const ready = readyPairs(run, pending, outcomes, rejects, source);
+    const images = [...new Map(outcomes.flatMap((o) => (o && !(o instanceof Error) && o.stored ? [[o.sha, o.stored] as const] : []))).values()];
     const rowsSoFar = (rows += batch.rows.length);
     const bytesRead = batch.bytesRead || totalBytes;
-    writing = writeBatch(store, source, format, ready, images, rejects, knownPairs).then((inserted) => {
+    // One batch is written while the next is read, parsed and decoded; the store sees one write at a time.
+    await writing;
+    writing = writeBatch(run, source, format, ready, images, rejects).then((inserted) => {
       summary.read += batch.rows.length;
       summary.ingested += inserted.pairs;
       summary.newImages += inserted.images;
@@ -152,69 +176,53 @@ async function ingestFile(store: Store, file: string, options: IngestOptions, su
   await writing;
 }
 
-type Loaded = { bytes: Uint8Array; origin: string; sha: string } | ImageError | null;
-
-/** Reads and hashes the batch's images (file I/O only; the store is not touched). */
-function loadImages(pending: { pair: RawPair }[], root: string, limit: ReturnType<typeof pLimit>): Promise<Loaded[]> {
-  return Promise.all(pending.map(({ pair }) => {
-    if (!pair.image) return null;
-    const image = pair.image;
-    return limit(async () => {
-      try {
-        const { bytes, origin } = await loadImageBytes(image, root);
-        return { bytes, origin, sha: sha256Hex(bytes) };
-      } catch (error) {
+/** Reads and hashes an image and, unless it is stored already or being decoded, decodes and validates it. */
+function resolveImage(run: Run, ref: ImageRef, root: string): Promise<ImageOutcome> {
+  return run.limit(async () => {
+    let bytes: Uint8Array;
+    let origin: string;
+    try {
+      ({ bytes, origin } = await loadImageBytes(ref, root));
+    } catch (error) {
+      if (error instanceof ImageError) return error;
+      throw error;
+    }
+    const sha = sha256Hex(bytes);
+    if (run.knownImages.has(sha)) return { sha };
+    let decoding = run.decoding.get(sha);
+    if (!decoding) {
+      decoding = decodeImage(bytes, origin, run.options, sha).catch((error: unknown) => {
         if (error instanceof ImageError) return error;
         throw error;
-      }
-    });
-  }));
+      });
+      run.decoding.set(sha, decoding);
+    }
+    const result = await decoding;
+    return result instanceof Error ? result : { sha, stored: result };
+  });
 }
 
 /**
- * Decodes the images not yet stored (each distinct one once, bounded concurrency) and gives every pair its id.
- * A pair whose image fails is rejected, or kept text-only when its file is missing and missingImages is "drop".
+ * Gives every pair whose image is usable its id. A pair whose image failed is rejected, or kept text-only when its
+ * file is missing and missingImages is "drop".
  */
-async function decodeImages(store: Store, pending: { row: SourceRow; pair: RawPair }[], loaded: Loaded[], options: IngestOptions,
-  limit: ReturnType<typeof pLimit>, rejects: Reject[], summary: IngestSummary, source: string):
-  Promise<{ ready: ReadyPair[]; images: StoredImage[] }> {
-  const shas = [...new Set(loaded.flatMap((l) => (l && !(l instanceof Error) ? [l.sha] : [])))];
-  const known = new Set(shas.length
-    ? (await store.connection.runAndReadAll('SELECT image_id FROM images WHERE list_contains(?, image_id)', [listValue(shas)], [LIST(VARCHAR)]))
-      .getRowsJS().map((r) => r[0] as string)
-    : []);
-  const decoding = new Map<string, Promise<StoredImage | ImageError>>();
-  const decoded = await Promise.all(loaded.map((l) => {
-    if (!l || l instanceof Error || known.has(l.sha)) return l;
-    let job = decoding.get(l.sha);
-    if (!job) {
-      job = limit(() => decodeImage(l.bytes, l.origin, options, l.sha).catch((e: unknown) => {
-        if (e instanceof ImageError) return e;
-        throw e;
-      }));
-      decoding.set(l.sha, job);
-    }
-    return job;
-  }));
+function readyPairs(run: Run, pending: { row: SourceRow; pair: RawPair }[], outcomes: ImageOutcome[], rejects: Reject[], source: string): ReadyPair[] {
   const ready: ReadyPair[] = [];
-  const images = new Map<string, StoredImage>();
   pending.forEach(({ row, pair }, i) => {
-    const image = decoded[i];
-    const load = loaded[i];
+    const outcome = outcomes[i];
     let imageSha: string | null = null;
     let identity: string | null = null;
-    if (image instanceof Error) {
-      if (!(image.code === 'missing' && options.missingImages === 'drop')) {
-        rejects.push({ source, sourceRow: row.row, field: 'image', reason: image.message, raw: rawText(row) });
+    if (outcome instanceof Error) {
+      if (!(outcome.code === 'missing' && run.options.missingImages === 'drop')) {
+        rejects.push({ source, sourceRow: row.row, field: 'image', reason: outcome.message, raw: rawText(row) });
         return;
       }
-      summary.imagesDropped++;
-      pair.meta = { ...pair.meta, image_dropped: image.message };
+      run.summary.imagesDropped++;
+      pair.meta = { ...pair.meta, image_dropped: outcome.message };
       // Two pairs that differ only in their (missing) image stay two pairs.
       identity = `missing:${pair.image?.kind === 'path' ? pair.image.path : ''}`;
-    } else if (image && load && !(load instanceof Error)) {
-      imageSha = identity = load.sha;
-      if ('imageId' in image) images.set(image.imageId, image);
+    } else if (outcome) {
+      imageSha = identity = outcome.sha;
     }
     const readyPair = pair as ReadyPair;
     readyPair.pairId = pairId(pair.prompt, pair.chosen, pair.rejected, identity);
@@ -222,13 +230,13 @@ async function decodeImages(store: Store, pending: { row: SourceRow; pair: RawPa
     readyPair.imageId = imageSha;
     ready.push(readyPair);
   });
-  return { ready, images: [...images.values()] };
+  return ready;
 }
 
 /** Writes one batch in one transaction; returns how many pairs and images were new. */
-async function writeBatch(store: Store, source: string, format: string, ready: ReadyPair[], images: StoredImage[], rejects: Reject[],
-  knownPairs: Set<string>): Promise<{ pairs: number; images: number }> {
-  // Deduplicated here rather than by a primary key: DuckDB's index upkeep would cost four times the whole load.
+async function writeBatch(run: Run, source: string, format: string, ready: ReadyPair[], images: StoredImage[], rejects: Reject[]):
+  Promise<{ pairs: number; images: number }> {
+  const { store, knownPairs, knownImages } = run;
   const fresh = ready.filter((p) => !knownPairs.has(p.pairId) && knownPairs.add(p.pairId));
   try {
     return await store.transaction(async () => {
@@ -248,6 +256,10 @@ async function writeBatch(store: Store, source: string, format: string, ready: R
         // One reject per row: a row with several bad pairs (HA-DPO lists) keeps its first reason.
         await store.run(`INSERT OR IGNORE INTO rejects SELECT * FROM stage_rejects QUALIFY row_number() OVER (PARTITION BY stage, source, source_row) = 1`);
         await store.run('DELETE FROM stage_rejects');
+      }
+      for (const image of images) {
+        knownImages.add(image.imageId);
+        run.decoding.delete(image.imageId);
       }
       return { pairs: fresh.length, images: Number(newImages) };
     });
