@@ -1,6 +1,7 @@
 import type { Store } from './store.js';
 import { INGEST_SCHEMA } from '../ingest/schema.js';
 import { SEGMENT_SCHEMA } from '../segment/schema.js';
+import { TRAIN_SCHEMA } from '../train/schema.js';
 
 export interface Migration {
   version: number;
@@ -16,6 +17,7 @@ export interface Migration {
 export const MIGRATIONS: readonly Migration[] = [
   INGEST_SCHEMA,
   SEGMENT_SCHEMA,
+  TRAIN_SCHEMA,
 ];
 
 export async function migrate(store: Store): Promise<void> {

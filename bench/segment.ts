@@ -1,0 +1,178 @@
+/**
+ * Sentence segmentation benchmark: speed on >= 10 MB of generated model-response-like text, and accuracy on the 48
+ * English Golden Rules, for our segmenter, Intl.Segmenter and natural's SentenceTokenizer, in the same run.
+ *
+ * Then times the `aspo segment --db` stage (segmentation, diff and DuckDB writes) on --pairs pairs built from the corpus.
+ *
+ *   npx tsc -p . && node dist/bench/segment.js [--mb 10] [--rounds 3] [--pairs 20000]
+ */
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { segment } from '../src/segment/segment.js';
+import { segmentStage } from '../src/segment/stage.js';
+import { withStore } from '../src/store/store.js';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+const GOLDEN = path.resolve(ROOT, '..', 'shared', 'data', 'golden-rules', 'golden_en_48.json');
+
+/** Deterministic PRNG (mulberry32), so every run segments the same corpus. */
+function random(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+const OBJECTS = ['dog', 'cat', 'red car', 'wooden bench', 'traffic light', 'bicycle', 'laptop', 'coffee mug', 'street sign',
+  'umbrella', 'vase of flowers', 'double-decker bus', 'kite', 'sandwich', 'clock tower', 'fire hydrant'];
+const PLACES = ['in the foreground', 'on the left side', 'near the window', 'in the background', 'on the table',
+  'next to the door', 'at the center of the image', 'under a tree'];
+const COLORS = ['red', 'blue', 'green', 'white', 'black', 'yellow', 'grey', 'brown'];
+
+/** One response: paragraphs with abbreviations, numbers, quotes and ellipses, sometimes a list or a heading. */
+function response(next: () => number): string {
+  const pick = <T>(items: readonly T[]): T => items[Math.floor(next() * items.length)]!;
+  const n = () => (1 + next() * 20).toFixed(next() < 0.5 ? 0 : 1);
+  const sentences = [
+    () => `The image shows a ${pick(COLORS)} ${pick(OBJECTS)} ${pick(PLACES)}.`,
+    () => `There is also a ${pick(OBJECTS)}, approx. ${n()} m away, e.g. close to the ${pick(OBJECTS)}.`,
+    () => `A sign reads "Open 9 a.m. to 5 p.m." and a man (possibly Dr. Lee) stands ${pick(PLACES)}.`,
+    () => `The price tag says $${n()}, i.e. about ${n()}% off!`,
+    () => `Is this in the U.S. or the U.K.? It is hard to tell...`,
+    () => `The ${pick(OBJECTS)} is about ${n()} cm tall and ${n()} kg in weight, etc.`,
+    () => `A poster lists the website www.example.com/page.html and the address info@example.org.`,
+    () => `Mr. Smith and Mrs. Jones appear to be talking ${pick(PLACES)}.`,
+    () => `Overall, the scene looks calm; the lighting is ${pick(COLORS)}-tinted and soft`,
+  ];
+  const parts: string[] = [];
+  if (next() < 0.3) parts.push(`## ${pick(OBJECTS)} scene\n`);
+  const paragraphs = 1 + Math.floor(next() * 3);
+  for (let p = 0; p < paragraphs; p++) {
+    const count = 2 + Math.floor(next() * 5);
+    parts.push(Array.from({ length: count }, () => pick(sentences)()).join(' '));
+    if (next() < 0.35) {
+      const items = 2 + Math.floor(next() * 4);
+      const numbered = next() < 0.5;
+      parts.push(Array.from({ length: items }, (_, k) =>
+        `${numbered ? `${k + 1}.` : '-'} A ${pick(COLORS)} ${pick(OBJECTS)} ${pick(PLACES)}.`).join('\n'));
+    }
+  }
+  return parts.join('\n\n');
+}
+
+function corpus(megabytes: number): string[] {
+  const next = random(20250519);
+  const docs: string[] = [];
+  let size = 0;
+  while (size < megabytes * 1e6) {
+    const doc = response(next);
+    docs.push(doc);
+    size += Buffer.byteLength(doc);
+  }
+  return docs;
+}
+
+type Segmenter = (text: string) => string[];
+
+async function segmenters(): Promise<Record<string, Segmenter>> {
+  process.env.DOTENV_CONFIG_QUIET ??= 'true';
+  const natural = (await import('natural')).default;
+  const tokenizer = new natural.SentenceTokenizer([]);
+  const intl = new Intl.Segmenter('en', { granularity: 'sentence' });
+  return {
+    'aspo segment': (text) => segment(text).map((s) => s.text),
+    'Intl.Segmenter': (text) => {
+      const out: string[] = [];
+      for (const { segment: s } of intl.segment(text)) {
+        const trimmed = s.trim();
+        if (trimmed) out.push(trimmed);
+      }
+      return out;
+    },
+    'natural SentenceTokenizer': (text) => tokenizer.tokenize(text).map((s) => s.trim()).filter(Boolean),
+  };
+}
+
+/** Milliseconds for one pass over the corpus, and the sentences found. */
+function pass(run: Segmenter, docs: readonly string[]): { ms: number; sentences: number } {
+  let sentences = 0;
+  const t0 = performance.now();
+  for (const doc of docs) sentences += run(doc).length;
+  return { ms: performance.now() - t0, sentences };
+}
+
+function accuracy(run: Segmenter): number | undefined {
+  if (!existsSync(GOLDEN)) return undefined;
+  const cases = JSON.parse(readFileSync(GOLDEN, 'utf8')) as Array<{ text: string; expected: string[] }>;
+  return cases.filter((c) => JSON.stringify(run(c.text)) === JSON.stringify(c.expected)).length;
+}
+
+/** The stage end to end (segmentation, diff, DuckDB writes) on pairs built from the corpus, in a fresh store. */
+async function stage(docs: readonly string[], pairs: number): Promise<void> {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'aspo-bench-'));
+  try {
+    await withStore(path.join(dir, 'bench.duckdb'), async (store) => {
+      await store.run('CREATE TEMP TABLE responses (k INTEGER, chosen VARCHAR, rejected VARCHAR)');
+      const appender = await store.connection.createAppender('responses', 'main', 'temp');
+      for (let k = 0; k < pairs; k++) {
+        const chosen = docs[k % docs.length]!;
+        appender.appendInteger(k);
+        appender.appendVarchar(chosen);
+        // Half the pairs share most sentences (one word changed, one sentence added), half share none.
+        appender.appendVarchar(k % 2 === 0 ? chosen.replace(/ red /, ' blue ') + ' An extra sentence appears here.'
+          : docs[(k + 1) % docs.length]!);
+        appender.endRow();
+      }
+      appender.closeSync();
+      await store.run(`INSERT INTO pairs (pair_id, source, source_row, format, prompt, chosen, rejected)
+        SELECT printf('pair%08d', k), 'bench', k, 'bench', 'Describe the image.', chosen, rejected FROM responses`);
+      const t0 = performance.now();
+      const result = await segmentStage(store);
+      const seconds = (performance.now() - t0) / 1000;
+      console.log(`stage: ${result.pairs} pairs, ${result.sentences} sentences (${result.shared} shared) in ` +
+        `${seconds.toFixed(1)} s: ${Math.round(result.pairs / seconds)} pairs/s, ${Math.round(result.sentences / seconds)} sentences/s`);
+    });
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({ options: { mb: { type: 'string', default: '10' }, rounds: { type: 'string', default: '3' },
+    pairs: { type: 'string', default: '20000' } } });
+  const docs = corpus(Number(values.mb));
+  const bytes = docs.reduce((n, d) => n + Buffer.byteLength(d), 0);
+  console.log(`corpus: ${docs.length} responses, ${(bytes / 1e6).toFixed(1)} MB; Node ${process.version}`);
+  const runs = Object.entries(await segmenters());
+  const results = runs.map(([name, run]) => {
+    pass(run, docs.slice(0, 1000)); // warm-up
+    return { name, run, best: Infinity, sentences: 0, golden: accuracy(run) };
+  });
+  // Rounds interleave the segmenters and keep each one's best pass: the machine is shared, and load that comes and
+  // goes then hits all three alike instead of whichever happened to run at the time.
+  for (let round = 0; round < Number(values.rounds); round++) {
+    for (const r of results) {
+      const { ms, sentences } = pass(r.run, docs);
+      r.best = Math.min(r.best, ms);
+      r.sentences = sentences;
+    }
+  }
+  const mbps = (r: { best: number }) => bytes / 1e6 / (r.best / 1000);
+  const baseline = mbps(results.find((r) => r.name === 'Intl.Segmenter')!);
+  console.log('| segmenter | MB/s | × Intl.Segmenter | sentences | golden rules |');
+  console.log('| --- | ---: | ---: | ---: | ---: |');
+  for (const r of results) {
+    console.log(`| ${r.name} | ${mbps(r).toFixed(1)} | ${(mbps(r) / baseline).toFixed(2)} | ${r.sentences} | ` +
+      `${r.golden === undefined ? 'n/a (golden file absent)' : `${r.golden}/48`} |`);
+  }
+  await stage(docs, Number(values.pairs));
+}
+
+await main();

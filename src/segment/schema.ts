@@ -1,0 +1,26 @@
+import type { Migration } from '../store/migrations.js';
+
+export const SEGMENT_SCHEMA: Migration = {
+  version: 2,
+  name: 'segment: sentences, segmented_pairs',
+  sql: `
+    CREATE TABLE sentences (
+      pair_id     VARCHAR NOT NULL,
+      side        VARCHAR NOT NULL,     -- chosen | rejected
+      idx         INTEGER NOT NULL,     -- 0-based sentence number within the response
+      start       INTEGER NOT NULL,     -- UTF-16 offsets into the response
+      "end"       INTEGER NOT NULL,
+      text        VARCHAR NOT NULL,     -- response[start:end]
+      match_idx   INTEGER,              -- idx of the aligned sentence on the other side, NULL when none is similar
+      match_score DOUBLE,               -- similarity to it in [0, 1] (1 = identical), NULL with match_idx
+      shared      BOOLEAN NOT NULL,     -- a (near-)identical sentence is on the other side
+      PRIMARY KEY (pair_id, side, idx)
+    );
+    CREATE TABLE segmented_pairs (
+      pair_id            VARCHAR PRIMARY KEY,  -- every pair the segment stage has done, even with empty responses
+      chosen_sentences   INTEGER NOT NULL,
+      rejected_sentences INTEGER NOT NULL,
+      shared_sentences   INTEGER NOT NULL      -- chosen sentences with shared = true
+    );
+  `,
+};
