@@ -1,4 +1,4 @@
-import { ingest, type IngestSummary } from '../../ingest/ingest.js';
+import { DEFAULT_BATCH_SIZE, ingest, type IngestSummary } from '../../ingest/ingest.js';
 import { FILE_FORMATS, type FileFormat } from '../../ingest/readers.js';
 import { ROW_LAYOUTS, type RowLayout } from '../../ingest/rows.js';
 import { withStore } from '../../store/store.js';
@@ -15,7 +15,7 @@ export const command: Command = {
   --missing-images M  reject|drop: a missing image file rejects the row (default) or keeps the pair text-only
   --max-side N        downscale stored images so the longer side is at most N pixels
   --max-pixels N      refuse images with more pixels (default 64000000)
-  --batch-size N      rows per transaction (default 2000)
+  --batch-size N      rows per transaction (default 5000)
   --strict            exit with status 3 if any row was rejected
 
 Rejected rows are kept in the rejects table with the reason:
@@ -48,7 +48,7 @@ Rejected rows are kept in the rejects table with the reason:
       imageField: values['image-field'],
       maxSide: values['max-side'] === undefined ? undefined : numberOption(values['max-side'], 'max-side', 0),
       maxPixels: values['max-pixels'] === undefined ? undefined : numberOption(values['max-pixels'], 'max-pixels', 0),
-      batchSize: numberOption(values['batch-size'], 'batch-size', 2000),
+      batchSize: numberOption(values['batch-size'], 'batch-size', DEFAULT_BATCH_SIZE),
       onProgress: ({ rows, bytesRead, totalBytes }) => {
         progress.tick(rows - lastRows, `${(bytesRead / 1e6).toFixed(1)}/${(totalBytes / 1e6).toFixed(1)} MB`);
         lastRows = rows;
