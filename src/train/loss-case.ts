@@ -1,0 +1,165 @@
+import { tf } from './backend.js';
+import {
+  aspoLossAndGradients, checkPair, chosenTokenTerms, disposeBatch, LOSS_CONFIG_KEYS, lossConfig, outputTensors, packPairs,
+  type AspoLossConfig, type PairArrays,
+} from './loss.js';
+
+/**
+ * One loss "case" as `aspo loss` reads it: a single preference pair as plain JSON arrays plus loss
+ * options, evaluated with the trainer's own functions. Parsing names the offending field.
+ */
+
+export interface LossCase {
+  /** Echoed back so outputs can be matched to inputs. */
+  id?: string | number;
+  config: AspoLossConfig;
+  pair: PairArrays;
+  /** Text of each chosen sentence, for --explain. */
+  sentenceTexts?: string[];
+}
+
+/** Everything one evaluation produces; `aspo loss` prints `result`, `--explain` also `sentences`. */
+export interface LossCaseEvaluation {
+  result: {
+    id?: string | number;
+    loss: number;
+    margin: number;
+    /** w_i per sentence slot (null for a slot with no token); empty for DPO. */
+    weights: (number | null)[];
+    /** m_i = 1 + scale·w_i per sentence slot; empty for DPO. */
+    multipliers: (number | null)[];
+    gradPolicyChosen: number[];
+    gradPolicyRejected: number[];
+  };
+  sentences: SentenceExplanation[];
+  /** Contribution to the margin of chosen tokens outside every sentence. */
+  outsideContribution: number;
+  /** −β·logr(y_r). */
+  rejectedContribution: number;
+}
+
+export interface SentenceExplanation {
+  index: number;
+  text?: string;
+  tokens: number;
+  perplexity?: number;
+  similarity?: number;
+  similarityNorm?: number;
+  perplexityNorm?: number;
+  weight: number;
+  multiplier: number;
+  /** This sentence's share of the margin: β·Σ_{t∈s} of the chosen token terms. */
+  contribution: number;
+}
+
+const CASE_KEYS = new Set<string>([...LOSS_CONFIG_KEYS, 'id', 'chosen', 'rejected']);
+const CHOSEN_KEYS = new Set(['policyLogps', 'refLogps', 'sentenceIds', 'similarity', 'sentences']);
+const REJECTED_KEYS = new Set(['policyLogps', 'refLogps']);
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+function checkKeys(value: Record<string, unknown>, allowed: Set<string>, prefix: string): void {
+  for (const key of Object.keys(value)) {
+    if (!allowed.has(key)) throw new Error(`unknown field "${prefix}${key}" (expected one of ${[...allowed].join(', ')})`);
+  }
+}
+
+function numbers(value: unknown, field: string): number[] {
+  if (!Array.isArray(value)) throw new Error(`${field} must be an array of numbers`);
+  value.forEach((v, i) => {
+    if (typeof v !== 'number' || !Number.isFinite(v)) throw new Error(`${field}[${i}] must be a finite number, got ${JSON.stringify(v)}`);
+  });
+  return value as number[];
+}
+
+/** Validates one JSON case; every option may be omitted and takes its default. */
+export function parseLossCase(value: unknown): LossCase {
+  if (!isRecord(value)) throw new Error('a case must be a JSON object');
+  checkKeys(value, CASE_KEYS, '');
+  const config = lossConfig(value);
+  const { chosen, rejected, id } = value;
+  if (id !== undefined && typeof id !== 'string' && typeof id !== 'number') throw new Error('id must be a string or a number');
+  if (!isRecord(chosen)) throw new Error('chosen must be an object with policyLogps, refLogps, sentenceIds');
+  if (!isRecord(rejected)) throw new Error('rejected must be an object with policyLogps, refLogps');
+  checkKeys(chosen, CHOSEN_KEYS, 'chosen.');
+  checkKeys(rejected, REJECTED_KEYS, 'rejected.');
+
+  if (chosen.similarity === undefined && config.lossType === 'aspo' && config.alpha > 0) {
+    throw new Error(`chosen.similarity is required when alpha > 0 (alpha = ${config.alpha}); give it, or set "alpha": 0`);
+  }
+  if (chosen.sentences !== undefined && (!Array.isArray(chosen.sentences) || !chosen.sentences.every((s) => typeof s === 'string'))) {
+    throw new Error('chosen.sentences must be an array of strings (the text of each sentence)');
+  }
+  const pair: PairArrays = {
+    chosen: {
+      policyLogps: numbers(chosen.policyLogps, 'chosen.policyLogps'),
+      refLogps: numbers(chosen.refLogps, 'chosen.refLogps'),
+      sentenceIds: numbers(chosen.sentenceIds, 'chosen.sentenceIds'),
+      similarity: chosen.similarity === undefined ? undefined : numbers(chosen.similarity, 'chosen.similarity'),
+    },
+    rejected: { policyLogps: numbers(rejected.policyLogps, 'rejected.policyLogps'), refLogps: numbers(rejected.refLogps, 'rejected.refLogps') },
+  };
+  checkPair(pair);
+  return { id: id as string | number | undefined, config, pair, sentenceTexts: chosen.sentences as string[] | undefined };
+}
+
+/** Loss, margin, weights and gradients of one case, plus the per-sentence breakdown of its margin. */
+export function evaluateLossCase(lossCase: LossCase): LossCaseEvaluation {
+  const { config, pair } = lossCase;
+  const batch = packPairs([pair]);
+  const { output, gradPolicyChosen, gradPolicyRejected } = aspoLossAndGradients(batch, config);
+  const row = <T>(t: tf.Tensor | undefined): T[] | undefined => (t ? (t.arraySync() as T[][])[0] : undefined);
+  const w = output.weighting;
+  const s = w?.sentences;
+  const present = row<number>(s?.present);
+  const orNull = (values: number[] | undefined) => (values && present ? values.map((v, k) => (present[k] ? v : null)) : []);
+  const weights = row<number>(s?.weights);
+  const multipliers = row<number>(s?.multipliers);
+  const ids = pair.chosen.sentenceIds;
+  const length = ids.length;
+
+  // The margin split by sentence: β × the per-token terms of the chosen side, summed per sentence.
+  const tokenTerms = w
+    ? tf.tidy(() => (tf.mul(chosenTokenTerms(batch, w), config.beta).arraySync() as number[][])[0]!.slice(0, length))
+    : pair.chosen.policyLogps.map((p, t) => config.beta * (p - pair.chosen.refLogps[t]!));
+  const perplexity = row<number>(s?.perplexity);
+  const similarityNorm = row<number>(s?.similarityNorm);
+  const perplexityNorm = row<number>(s?.perplexityNorm);
+  const slots = batch.numSentences;
+  const sentences: SentenceExplanation[] = [];
+  for (let k = 0; k < slots; k++) {
+    const tokens = ids.filter((id) => id === k).length;
+    if (tokens === 0) continue;
+    sentences.push({
+      index: k,
+      text: lossCase.sentenceTexts?.[k],
+      tokens,
+      perplexity: perplexity?.[k],
+      similarity: pair.chosen.similarity?.[k],
+      similarityNorm: similarityNorm?.[k],
+      perplexityNorm: perplexityNorm?.[k],
+      weight: weights?.[k] ?? 0,
+      multiplier: multipliers?.[k] ?? 1,
+      contribution: tokenTerms.reduce((acc, v, t) => (ids[t] === k ? acc + v : acc), 0),
+    });
+  }
+  const evaluation: LossCaseEvaluation = {
+    result: {
+      ...(lossCase.id !== undefined ? { id: lossCase.id } : {}),
+      loss: output.loss.arraySync(),
+      margin: output.margins.arraySync()[0]!,
+      weights: orNull(weights),
+      multipliers: orNull(multipliers),
+      gradPolicyChosen: gradPolicyChosen.arraySync()[0]!.slice(0, length),
+      gradPolicyRejected: gradPolicyRejected.arraySync()[0]!.slice(0, pair.rejected.policyLogps.length),
+    },
+    sentences,
+    outsideContribution: tokenTerms.reduce((acc, v, t) => (ids[t]! < 0 ? acc + v : acc), 0),
+    rejectedContribution: -(output.rejectedRewards.arraySync()[0]!),
+  };
+  tf.dispose([...outputTensors(output), gradPolicyChosen, gradPolicyRejected]);
+  disposeBatch(batch);
+  return evaluation;
+}
