@@ -261,7 +261,7 @@ test('a run killed with SIGKILL and re-run ends with exactly the rows of one cle
   const dataset = path.join(dir, 'big.jsonl');
   writeFileSync(dataset, lines.join('\n') + '\n');
   const killedDb = path.join(dir, 'killed.duckdb');
-  const child = spawn(process.execPath, [CLI, 'ingest', dataset, '--db', killedDb, '--batch-size', '500'], { stdio: 'ignore' });
+  const child = spawn(process.execPath, [CLI, 'ingest', dataset, '--db', killedDb, '--batch-size', '500', '--commit-rows', '2000'], { stdio: 'ignore' });
   // Kill once the write-ahead log holds a few committed batches (the first flush may still be in progress), i.e. mid-run.
   const wal = `${killedDb}.wal`;
   for (let waited = 0; waited < 30_000 && (!existsSync(wal) || statSync(wal).size < 3_000_000); waited += 10) {

@@ -1,7 +1,7 @@
 /**
  * The ingest stage: dataset files → `pairs`, `images`, `labels` and `rejects` in the store.
  *
- * Rows stream in batches; each batch is written in one transaction keyed by content hashes, so re-running an ingest
+ * Rows stream in batches and are committed every `commitRows` rows, keyed by content hashes, so re-running an ingest
  * (after a kill, or on the same files) adds exactly the rows that are not there yet.
  */
 import { createHash } from 'node:crypto';
@@ -28,6 +28,9 @@ export interface IngestOptions {
   /** What to do with a pair whose image file does not exist: reject the row (default) or keep it text-only. */
   missingImages?: 'reject' | 'drop';
   batchSize?: number;
+  /** Rows per transaction. Larger is faster (DuckDB writes big transactions straight to the file, small ones through
+   *  its log); a killed run redoes at most this many rows. */
+  commitRows?: number;
   /** Images read and decoded at once. */
   concurrency?: number;
   onProgress?: (event: ProgressEvent) => void;
@@ -69,6 +72,7 @@ export interface Reject {
 
 const RAW_LIMIT = 4096;
 export const DEFAULT_BATCH_SIZE = 5000;
+export const DEFAULT_COMMIT_ROWS = 100_000;
 
 /** A pair ready to store: its content hash and its resolved image. */
 interface ReadyPair extends RawPair {
@@ -104,8 +108,16 @@ export async function ingest(store: Store, files: readonly string[], options: In
     knownImages: await ids('SELECT image_id FROM images'),
     decoding: new Map(),
     limit: pLimit(options.concurrency ?? Math.max(2, os.availableParallelism() * 2)),
+    uncommittedRows: 0,
   };
-  for (const file of files) await ingestFile(run, file);
+  await store.run('BEGIN TRANSACTION');
+  try {
+    for (const file of files) await ingestFile(run, file);
+    await store.run('COMMIT');
+  } catch (error) {
+    await store.run('ROLLBACK');
+    throw error;
+  }
   run.summary.seconds = (performance.now() - started) / 1000;
   return run.summary;
 }
@@ -122,6 +134,7 @@ interface Run {
   /** Images of this run not yet written, by sha256: each distinct image is decoded once. */
   decoding: Map<string, Promise<StoredImage | ImageError>>;
   limit: ReturnType<typeof pLimit>;
+  uncommittedRows: number;
 }
 
 /** What became of one pair's image: stored or to be stored (sha), failed, or none. */
@@ -164,7 +177,13 @@ async function ingestFile(run: Run, file: string): Promise<void> {
     const bytesRead = batch.bytesRead || totalBytes;
     // One batch is written while the next is read, parsed and decoded; the store sees one write at a time.
     await writing;
-    writing = writeBatch(run, source, format, ready, images, rejects).then((inserted) => {
+    writing = writeBatch(run, source, format, ready, images, rejects).then(async (inserted) => {
+      run.uncommittedRows += batch.rows.length;
+      if (run.uncommittedRows >= (options.commitRows ?? DEFAULT_COMMIT_ROWS)) {
+        await run.store.run('COMMIT');
+        await run.store.run('BEGIN TRANSACTION');
+        run.uncommittedRows = 0;
+      }
       summary.read += batch.rows.length;
       summary.ingested += inserted.pairs;
       summary.newImages += inserted.images;
@@ -233,38 +252,31 @@ function readyPairs(run: Run, pending: { row: SourceRow; pair: RawPair }[], outc
   return ready;
 }
 
-/** Writes one batch in one transaction; returns how many pairs and images were new. */
+/** Writes one batch inside the open transaction; returns how many pairs and images were new. */
 async function writeBatch(run: Run, source: string, format: string, ready: ReadyPair[], images: StoredImage[], rejects: Reject[]):
   Promise<{ pairs: number; images: number }> {
   const { store, knownPairs, knownImages } = run;
   const fresh = ready.filter((p) => !knownPairs.has(p.pairId) && knownPairs.add(p.pairId));
-  try {
-    return await store.transaction(async () => {
-      await store.append('stage_images', ['varchar', 'varchar', 'integer', 'integer', 'integer', 'integer', 'varchar', 'bigint', 'blob', 'varchar'],
-        images.map((im) => [im.imageId, im.sha256, im.width, im.height, im.origWidth, im.origHeight, im.format, im.bytes.length, im.bytes, im.origin]), true);
-      const newImages = images.length ? (await store.connection.run('INSERT OR IGNORE INTO images SELECT * FROM stage_images')).rowsChanged : 0;
-      if (images.length) await store.run('DELETE FROM stage_images');
-      await store.append('pairs', ['varchar', 'varchar', 'bigint', 'varchar', 'varchar', 'varchar', 'varchar', 'varchar', 'varchar'],
-        fresh.map((p) => [p.pairId, source, p.sourceRow, format, p.prompt, p.chosen, p.rejected, p.imageId,
-          Object.keys(p.meta).length ? JSON.stringify(p.meta) : null]));
-      // Labels travel with the first occurrence of their pair only.
-      await store.append('labels', ['varchar', 'varchar', 'integer', 'integer', 'varchar'],
-        fresh.flatMap((p) => p.labels.map((l) => [p.pairId, l.side, l.start, l.end, l.label])));
-      if (rejects.length) {
-        await store.append('stage_rejects', ['varchar', 'varchar', 'bigint', 'varchar', 'varchar', 'varchar'],
-          rejects.map((r) => ['ingest', r.source, r.sourceRow, r.field, r.reason, r.raw]), true);
-        // One reject per row: a row with several bad pairs (HA-DPO lists) keeps its first reason.
-        await store.run(`INSERT OR IGNORE INTO rejects SELECT * FROM stage_rejects QUALIFY row_number() OVER (PARTITION BY stage, source, source_row) = 1`);
-        await store.run('DELETE FROM stage_rejects');
-      }
-      for (const image of images) {
-        knownImages.add(image.imageId);
-        run.decoding.delete(image.imageId);
-      }
-      return { pairs: fresh.length, images: Number(newImages) };
-    });
-  } catch (error) {
-    for (const p of fresh) knownPairs.delete(p.pairId);
-    throw error;
+  await store.append('stage_images', ['varchar', 'varchar', 'integer', 'integer', 'integer', 'integer', 'varchar', 'bigint', 'blob', 'varchar'],
+    images.map((im) => [im.imageId, im.sha256, im.width, im.height, im.origWidth, im.origHeight, im.format, im.bytes.length, im.bytes, im.origin]), true);
+  const newImages = images.length ? (await store.connection.run('INSERT OR IGNORE INTO images SELECT * FROM stage_images')).rowsChanged : 0;
+  if (images.length) await store.run('DELETE FROM stage_images');
+  await store.append('pairs', ['varchar', 'varchar', 'bigint', 'varchar', 'varchar', 'varchar', 'varchar', 'varchar', 'varchar'],
+    fresh.map((p) => [p.pairId, source, p.sourceRow, format, p.prompt, p.chosen, p.rejected, p.imageId,
+      Object.keys(p.meta).length ? JSON.stringify(p.meta) : null]));
+  // Labels travel with the first occurrence of their pair only.
+  await store.append('labels', ['varchar', 'varchar', 'integer', 'integer', 'varchar'],
+    fresh.flatMap((p) => p.labels.map((l) => [p.pairId, l.side, l.start, l.end, l.label])));
+  if (rejects.length) {
+    await store.append('stage_rejects', ['varchar', 'varchar', 'bigint', 'varchar', 'varchar', 'varchar'],
+      rejects.map((r) => ['ingest', r.source, r.sourceRow, r.field, r.reason, r.raw]), true);
+    // One reject per row: a row with several bad pairs (HA-DPO lists) keeps its first reason.
+    await store.run(`INSERT OR IGNORE INTO rejects SELECT * FROM stage_rejects QUALIFY row_number() OVER (PARTITION BY stage, source, source_row) = 1`);
+    await store.run('DELETE FROM stage_rejects');
   }
+  for (const image of images) {
+    knownImages.add(image.imageId);
+    run.decoding.delete(image.imageId);
+  }
+  return { pairs: fresh.length, images: Number(newImages) };
 }

@@ -1,4 +1,4 @@
-import { DEFAULT_BATCH_SIZE, ingest, type IngestSummary } from '../../ingest/ingest.js';
+import { DEFAULT_BATCH_SIZE, DEFAULT_COMMIT_ROWS, ingest, type IngestSummary } from '../../ingest/ingest.js';
 import { FILE_FORMATS, type FileFormat } from '../../ingest/readers.js';
 import { ROW_LAYOUTS, type RowLayout } from '../../ingest/rows.js';
 import { withStore } from '../../store/store.js';
@@ -15,7 +15,8 @@ export const command: Command = {
   --missing-images M  reject|drop: a missing image file rejects the row (default) or keeps the pair text-only
   --max-side N        downscale stored images so the longer side is at most N pixels
   --max-pixels N      refuse images with more pixels (default 64000000)
-  --batch-size N      rows per transaction (default 5000)
+  --batch-size N      rows read and written at a time (default 5000)
+  --commit-rows N     rows per transaction (default 100000); a killed run redoes at most this many
   --strict            exit with status 3 if any row was rejected
 
 Rejected rows are kept in the rejects table with the reason:
@@ -31,6 +32,7 @@ Rejected rows are kept in the rejects table with the reason:
       'max-side': { type: 'string' },
       'max-pixels': { type: 'string' },
       'batch-size': { type: 'string' },
+      'commit-rows': { type: 'string' },
       strict: { type: 'boolean', default: false },
     }, true);
     if (!positionals.length) throw new UsageError('give at least one dataset file');
@@ -49,6 +51,7 @@ Rejected rows are kept in the rejects table with the reason:
       maxSide: values['max-side'] === undefined ? undefined : numberOption(values['max-side'], 'max-side', 0),
       maxPixels: values['max-pixels'] === undefined ? undefined : numberOption(values['max-pixels'], 'max-pixels', 0),
       batchSize: numberOption(values['batch-size'], 'batch-size', DEFAULT_BATCH_SIZE),
+      commitRows: numberOption(values['commit-rows'], 'commit-rows', DEFAULT_COMMIT_ROWS),
       onProgress: ({ rows, bytesRead, totalBytes }) => {
         progress.tick(rows - lastRows, `${(bytesRead / 1e6).toFixed(1)}/${(totalBytes / 1e6).toFixed(1)} MB`);
         lastRows = rows;
