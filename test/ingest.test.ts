@@ -43,8 +43,9 @@ test('TRL rows: plain strings and conversational messages, with image paths and 
       images: [{ bytes: red.toString('base64'), path: 'red.png' }],
     },
     { prompt: 'Text only?', chosen: 'Yes.', rejected: 'No.' },
+    { prompt: 'Inline image?', chosen: 'Red.', rejected: 'Blue.', image: `data:image/png;base64,${red.toString('base64')}` },
   ]);
-  assert.deepEqual({ read: summary.read, ingested: summary.ingested, rejected: summary.rejected }, { read: 3, ingested: 3, rejected: 0 });
+  assert.deepEqual({ read: summary.read, ingested: summary.ingested, rejected: summary.rejected }, { read: 4, ingested: 4, rejected: 0 });
   const rows = await store.all<{ prompt: string; chosen: string; rejected: string; image_id: string | null; pair_id: string }>(
     'SELECT pair_id, prompt, chosen, rejected, image_id FROM pairs ORDER BY source_row');
   assert.equal(rows[0]!.prompt, 'What colour is the square?');
@@ -52,6 +53,7 @@ test('TRL rows: plain strings and conversational messages, with image paths and 
   assert.equal(rows[1]!.chosen, 'A blue square.');
   assert.equal(rows[1]!.rejected, 'A yellow circle.');
   assert.equal(rows[2]!.image_id, null);
+  assert.equal(rows[3]!.image_id, sha256Hex(red));
   // Both image rows hold the same red PNG bytes: one stored image, identified by the sha256 of its bytes.
   assert.equal(rows[0]!.image_id, sha256Hex(red));
   assert.equal(rows[1]!.image_id, sha256Hex(red));
