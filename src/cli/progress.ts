@@ -47,7 +47,7 @@ export class Progress {
       bar = `[${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${((100 * this.count) / total).toFixed(0)}% `;
     }
     const line = `${label} ${bar}${this.count.toLocaleString('en-US')} ${unit} ${formatRate(rate)} ${unit}/s ${this.extra}`;
-    this.stream.write(`\r${line.slice(0, (this.stream.columns ?? 100) - 1)}\x1b[K`);
+    this.stream.write(`\r${line.slice(0, (this.stream.columns || 100) - 1)}\x1b[K`);
   }
 
   /** Clears the bar and prints the summary line. */
