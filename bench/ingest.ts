@@ -59,7 +59,7 @@ async function writeTextDataset(file: string, pairs: number): Promise<void> {
 }
 
 async function writeImageDataset(dir: string, count: number): Promise<string> {
-  const file = path.join(dir, 'images.jsonl');
+  const file = path.join(dir, `images-${count}.jsonl`);
   if (existsSync(`${file}.done-${count}`)) return file;
   mkdirSync(path.join(dir, 'img'), { recursive: true });
   const g = generator(2);

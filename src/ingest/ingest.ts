@@ -88,7 +88,8 @@ interface ReadyPair extends RawPair {
 export function pairId(prompt: string, chosen: string, rejected: string, image: string | null): string {
   const hash = createHash('sha256');
   for (const part of [prompt, chosen, rejected, image ?? '']) hash.update(`${part.length}:`).update(part);
-  return hash.digest('hex').slice(0, 32);
+  // From the first 16 bytes, so the id is a flat 32-character string (a slice of the hex digest would keep all 64 alive).
+  return hash.digest().toString('hex', 0, 16);
 }
 
 function rawText(row: SourceRow): string {
