@@ -1,9 +1,11 @@
 /**
  * Benchmark: one ASPO loss + gradient (w.r.t. the policy's per-token log-probs) on a batch of
  * 32 pairs × 256 tokens, against DPO through the same code, interleaved in the same run.
- * Target (the paper's "no extra cost"): ASPO ≤ 1.1 × DPO.
+ * Target (the paper's "no extra cost"): ASPO ≤ 1.1 × DPO. Also prints each variant's kernel count
+ * (on wasm a small kernel costs a few µs whatever its size, so the count sets the floor), and the
+ * ratio inside a step that computes the log-probs from logits.
  *
- *   npx tsc -p . && node dist/bench/loss.js [--backend wasm|cpu|auto] [--iterations 200] [--vocabulary 1024]
+ *   npx tsc -p . && node dist/bench/loss.js [--backend wasm|cpu|auto] [--iterations 300] [--vocabulary 1024]
  */
 import { parseArgs } from 'node:util';
 import os from 'node:os';
@@ -49,7 +51,7 @@ function timeOnce(batch: ReturnType<typeof packPairs>, config: AspoLossConfig): 
   return elapsed;
 }
 
-/** The trainer's path: the weights computed inside the gradient tape, cut off by a stop-gradient. */
+/** The trainer's path: aspoLoss called inside the caller's gradient tape (no batch-level precomputation beyond packPairs). */
 function timeInTape(batch: PreferenceBatch, config: AspoLossConfig): number {
   const start = performance.now();
   const { value, grads } = tf.valueAndGrads((policyChosen: tf.Tensor, policyRejected: tf.Tensor) => aspoLoss({
@@ -63,19 +65,29 @@ function timeInTape(batch: PreferenceBatch, config: AspoLossConfig): number {
   return elapsed;
 }
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+const quantile = (xs: number[], q: number) => [...xs].sort((a, b) => a - b)[Math.floor(q * (xs.length - 1))]!;
 
-/** Interleaves the variants (so load changes hit all alike) and returns each one's median time. */
-function compare(variants: [string, () => number][], iterations: number, warmup: number): Map<string, number> {
+/** Interleaves the variants (so load changes hit all alike) and returns each one's times. */
+function compare(variants: [string, () => number][], iterations: number, warmup: number): Map<string, number[]> {
   const times = new Map<string, number[]>(variants.map(([name]) => [name, []]));
   for (let i = 0; i < warmup; i++) for (const [, run] of variants) run();
   for (let i = 0; i < iterations; i++) for (const [name, run] of variants) times.get(name)!.push(run());
-  return new Map([...times].map(([name, t]) => [name, median(t)]));
+  return times;
 }
 
-function report(medians: Map<string, number>, baseline: string): void {
-  const base = medians.get(baseline)!;
-  for (const [name, t] of medians) console.log(`  ${name.padEnd(42)} ${t.toFixed(3).padStart(9)} ms   ${(t / base).toFixed(2)}× ${baseline}`);
+/** Median, quartiles and the ratio of medians to the baseline's, plus the kernel count when given. */
+function report(times: Map<string, number[]>, baseline: string, kernels?: Map<string, number>): void {
+  const base = quantile(times.get(baseline)!, 0.5);
+  for (const [name, t] of times) {
+    const [q1, med, q3] = [0.25, 0.5, 0.75].map((q) => quantile(t, q));
+    const count = kernels?.has(name) ? `${String(kernels.get(name)).padStart(4)} kernels` : '';
+    console.log(`  ${name.padEnd(44)} ${med!.toFixed(3).padStart(9)} ms [${q1!.toFixed(3)}–${q3!.toFixed(3)}]  ${(med! / base).toFixed(2)}× ${baseline}  ${count}`);
+  }
+}
+
+/** Kernels one call runs (forward and backward), from tf.profile. */
+async function kernelCount(run: () => number): Promise<number> {
+  return (await tf.profile(() => { run(); })).kernels.length;
 }
 
 /**
@@ -105,7 +117,7 @@ function stepTimer(batch: PreferenceBatch, config: AspoLossConfig, vocabulary: n
 async function main(): Promise<void> {
   const { values } = parseArgs({ options: {
     backend: { type: 'string', default: 'auto' },
-    iterations: { type: 'string', default: '200' },
+    iterations: { type: 'string', default: '300' },
     vocabulary: { type: 'string', default: '1024' },
   } });
   const backend = await initBackend(values.backend as BackendName);
@@ -114,24 +126,38 @@ async function main(): Promise<void> {
   const configs: [string, AspoLossConfig][] = [
     ['dpo', lossConfig({ lossType: 'dpo' })],
     ['aspo (defaults)', lossConfig()],
-    ['aspo detachWeights=false', lossConfig({ detachWeights: false })],
+    ['aspo alpha=0 (perplexity only)', lossConfig({ alpha: 0 })],
+    ['aspo alpha=1 (similarity only)', lossConfig({ alpha: 1 })],
+    ['aspo normalize=mass', lossConfig({ normalize: 'mass' })],
+    ['aspo refWeights=own', lossConfig({ refWeights: 'own' })],
+    ['aspo pplSource=reference', lossConfig({ pplSource: 'reference' })],
     ['aspo refWeights=own normalize=mass', lossConfig({ refWeights: 'own', normalize: 'mass' })],
+    ['aspo detachWeights=false', lossConfig({ detachWeights: false })],
   ];
-  console.log(`backend ${backend} · ${os.cpus().length} cores · Node ${process.version} · batch ${BATCH} pairs × ${TOKENS} tokens · medians of interleaved runs`);
+  console.log(`backend ${backend} · ${os.cpus().length} cores · load ${os.loadavg().map((l) => l.toFixed(1)).join(' ')} · Node ${process.version} · ` +
+    `batch ${BATCH} pairs × ${TOKENS} tokens · medians [quartiles] of interleaved runs`);
   console.log(`loss + gradient w.r.t. the per-token log-probs (${iterations} iterations):`);
-  const loss = compare([
+  const variants: [string, () => number][] = [
     ...configs.map(([name, config]): [string, () => number] => [name, () => timeOnce(batch, config)]),
-    ['aspo (defaults), weights inside the tape', () => timeInTape(batch, configs[1]![1])],
-  ], iterations, 20);
-  report(loss, 'dpo');
-  const ratio = loss.get('aspo (defaults)')! / loss.get('dpo')!;
-  console.log(`  target aspo ≤ 1.1× dpo: ${ratio <= 1.1 ? 'met' : 'NOT met'} (${ratio.toFixed(2)}×; extra ${(loss.get('aspo (defaults)')! - loss.get('dpo')!).toFixed(3)} ms per call)`);
+    ['aspo (defaults), inside the caller\'s tape', () => timeInTape(batch, configs[1]![1])],
+  ];
+  const kernels = new Map<string, number>();
+  for (const [name, run] of variants) kernels.set(name, await kernelCount(run));
+  const loss = compare(variants, iterations, 20);
+  report(loss, 'dpo', kernels);
+  const dpo = quantile(loss.get('dpo')!, 0.5);
+  const aspo = quantile(loss.get('aspo (defaults)')!, 0.5);
+  console.log(`  target aspo ≤ 1.1× dpo: ${aspo / dpo <= 1.1 ? 'met' : 'NOT met'} (${(aspo / dpo).toFixed(2)}×; extra ${(aspo - dpo).toFixed(3)} ms per call, ` +
+    `${kernels.get('aspo (defaults)')! - kernels.get('dpo')!} more kernels, ≈ ${(1000 * (aspo - dpo) / (kernels.get('aspo (defaults)')! - kernels.get('dpo')!)).toFixed(1)} µs each)`);
 
   const vocabulary = Number(values.vocabulary);
   const stepIterations = Math.max(5, Math.round(iterations / 20));
   console.log(`same, with the log-probs computed in the tape from logits over a ${vocabulary}-token vocabulary (${stepIterations} iterations):`);
   const step = compare(configs.slice(0, 2).map(([name, config]) => [name, stepTimer(batch, config, vocabulary)]), stepIterations, 2);
   report(step, 'dpo');
+  const stepDpo = quantile(step.get('dpo')!, 0.5);
+  console.log(`  the loss-only extra above is ${(100 * (aspo - dpo) / stepDpo).toFixed(3)}% of this step: aspo/dpo = ${((stepDpo + aspo - dpo) / stepDpo).toFixed(4)} ` +
+    '(the step medians differ by more than that from noise alone)');
   disposeBatch(batch);
 }
 

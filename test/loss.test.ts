@@ -247,6 +247,43 @@ describe('detachWeights', () => {
     assert.ok(diff < 1e-7, `tape gradient differs by ${diff}`);
     disposeBatch(batch);
   });
+
+  test('the closed-form gradient equals TensorFlow autodiff of the same objective with the multipliers held constant', () => {
+    const batch = packPairs(pairs);
+    const K = batch.numSentences;
+    const width = batch.rejected.policyLogps.shape[1];
+    const rejectedKeep = tf.tensor2d(pairs.map((p) => Array.from({ length: width }, (_, t) => (t < p.rejected.policyLogps.length ? 1 : 0))));
+    for (const options of ASPO_COMBINATIONS.filter((o) => o.detachWeights)) {
+      const config = lossConfig(options);
+      const { output, gradPolicyChosen, gradPolicyRejected } = aspoLossAndGradients(batch, config);
+      // Each token's factor, read from the per-slot multipliers (slot K: tokens outside every sentence).
+      const perToken = (slotFactors: tf.Tensor2D) => {
+        const rows = slotFactors.arraySync();
+        const width = batch.chosen.policyLogps.shape[1];
+        return tf.tensor2d(pairs.map((p, b) => Array.from({ length: width }, (_, t) => {
+          const id = p.chosen.sentenceIds[t];
+          return id === undefined ? 0 : rows[b]![id >= 0 ? id : K]!;
+        })));
+      };
+      const policyFactor = perToken(output.weighting!.slotMultipliers);
+      const refFactor = perToken(output.weighting!.refSlotMultipliers);
+      // Padding holds 0 in packPairs' tensors and factor 0, so plain sums are the masked sums here.
+      const objective = (policyChosen: tf.Tensor, policyRejected: tf.Tensor) => tf.tidy(() => {
+        const chosen = tf.sum(tf.sub(tf.mul(policyFactor, policyChosen), tf.mul(refFactor, batch.chosen.refLogps)), 1);
+        const rejected = tf.sum(tf.mul(tf.sub(policyRejected, batch.rejected.refLogps), rejectedKeep), 1);
+        const margins = tf.mul(tf.sub(chosen, rejected), config.beta);
+        return tf.div(tf.sum(tf.mul(tf.softplus(tf.neg(margins)), tf.tensor1d([1, 1, 1, 0]))), 3) as tf.Scalar;
+      });
+      const [autoChosen, autoRejected] = tf.grads(objective)([batch.chosen.policyLogps, batch.rejected.policyLogps]);
+      const chosenDiff = maxAbsDiff(gradPolicyChosen.arraySync(), autoChosen!.arraySync() as number[][]);
+      const rejectedDiff = maxAbsDiff(gradPolicyRejected.arraySync(), autoRejected!.arraySync() as number[][]);
+      assert.ok(chosenDiff < 1e-7 && rejectedDiff < 1e-7, `${JSON.stringify(options)}: ${chosenDiff}, ${rejectedDiff}`);
+      assert.ok(Math.abs((output.loss.arraySync() as number) - (objective(batch.chosen.policyLogps, batch.rejected.policyLogps).arraySync() as number)) < 1e-6);
+      tf.dispose([...outputTensors(output), gradPolicyChosen, gradPolicyRejected, policyFactor, refFactor, autoChosen!, autoRejected!]);
+    }
+    rejectedKeep.dispose();
+    disposeBatch(batch);
+  });
 });
 
 describe('memory', () => {
@@ -265,20 +302,52 @@ describe('memory', () => {
 });
 
 describe('batches built from tensors only', () => {
-  test('without a precomputed sentence one-hot, the loss builds the same one from the ids', () => {
+  test('without a precomputed layout, the loss builds the same one from the mask and ids', () => {
     const pairs = mixedPairs();
-    for (const options of [{}, { detachWeights: false, refWeights: 'own' as const, normalize: 'mass' as const }]) {
+    for (const options of [{}, { detachWeights: false, refWeights: 'own' as const, normalize: 'mass' as const }, { lossType: 'dpo' as const }]) {
       const config = lossConfig(options);
       const batch = packPairs(pairs);
-      const withOneHot = aspoLossAndGradients(batch, config);
-      const { membership, ...idsOnly } = batch.chosen;
-      const withoutOneHot = aspoLossAndGradients({ ...batch, chosen: idsOnly }, config);
-      assert.equal(withoutOneHot.output.loss.arraySync(), withOneHot.output.loss.arraySync());
-      assert.deepEqual(withoutOneHot.gradPolicyChosen.arraySync(), withOneHot.gradPolicyChosen.arraySync());
-      assert.deepEqual(withoutOneHot.output.weighting!.sentences.weights.arraySync(), withOneHot.output.weighting!.sentences.weights.arraySync());
-      membership!.dispose();
-      disposeBatch({ ...batch, chosen: idsOnly });
+      const withLayout = aspoLossAndGradients(batch, config);
+      const { layout, ...tensorsOnly } = batch;
+      const before = tf.memory().numTensors;
+      const withoutLayout = aspoLossAndGradients(tensorsOnly, config);
+      assert.equal(withoutLayout.output.loss.arraySync(), withLayout.output.loss.arraySync());
+      assert.deepEqual(withoutLayout.gradPolicyChosen.arraySync(), withLayout.gradPolicyChosen.arraySync());
+      assert.deepEqual(withoutLayout.gradPolicyRejected.arraySync(), withLayout.gradPolicyRejected.arraySync());
+      if (withLayout.output.weighting) {
+        assert.deepEqual(withoutLayout.output.weighting!.sentences.weights.arraySync(), withLayout.output.weighting.sentences.weights.arraySync());
+      }
+      const made = [...outputTensors(withoutLayout.output), withoutLayout.gradPolicyChosen, withoutLayout.gradPolicyRejected];
+      tf.dispose(made);
+      assert.equal(tf.memory().numTensors, before, 'the layout built for the call is freed');
+      disposeBatch(batch);
     }
+  });
+
+  test('inside a caller\'s tape, a layout built (and freed) during the forward pass still serves the backward pass', () => {
+    const pairs = mixedPairs();
+    for (const options of [{}, { detachWeights: false, normalize: 'mass' as const }, { lossType: 'dpo' as const }]) {
+      const config = lossConfig(options);
+      const batch = packPairs(pairs);
+      const { layout, ...tensorsOnly } = batch;
+      const expected = aspoLossAndGradients(batch, config);
+      const grads = tf.grads((chosen: tf.Tensor, rejected: tf.Tensor) => aspoLoss({
+        ...tensorsOnly,
+        chosen: { ...tensorsOnly.chosen, policyLogps: chosen as tf.Tensor2D },
+        rejected: { ...tensorsOnly.rejected, policyLogps: rejected as tf.Tensor2D },
+      }, config).loss)([batch.chosen.policyLogps, batch.rejected.policyLogps]);
+      assert.ok(maxAbsDiff(grads[0]!.arraySync() as number[][], expected.gradPolicyChosen.arraySync()) < 1e-7, JSON.stringify(options));
+      assert.ok(maxAbsDiff(grads[1]!.arraySync() as number[][], expected.gradPolicyRejected.arraySync()) < 1e-7, JSON.stringify(options));
+      tf.dispose([...grads, ...outputTensors(expected.output), expected.gradPolicyChosen, expected.gradPolicyRejected]);
+      disposeBatch(batch);
+    }
+  });
+
+  test('a sentence id beyond numSentences is rejected, naming the field', () => {
+    const batch = packPairs(mixedPairs());
+    const { layout, ...tensorsOnly } = batch;
+    assert.throws(() => aspoLossAndGradients({ ...tensorsOnly, numSentences: 2 }, lossConfig()), /chosen\.sentenceIds holds sentence 2 but numSentences is 2/);
+    disposeBatch(batch);
   });
 });
 

@@ -1,6 +1,6 @@
 import { tf } from './backend.js';
 import {
-  aspoLossAndGradients, checkPair, chosenTokenTerms, disposeBatch, LOSS_CONFIG_KEYS, lossConfig, outputTensors, packPairs,
+  aspoLossAndGradients, checkPair, disposeBatch, LOSS_CONFIG_KEYS, lossConfig, outputTensors, packPairs,
   type AspoLossConfig, type PairArrays,
 } from './loss.js';
 
@@ -110,7 +110,9 @@ export function evaluateLossCase(lossCase: LossCase): LossCaseEvaluation {
   const { config, pair } = lossCase;
   const batch = packPairs([pair]);
   const { output, gradPolicyChosen, gradPolicyRejected } = aspoLossAndGradients(batch, config);
-  const row = <T>(t: tf.Tensor | undefined): T[] | undefined => (t ? (t.arraySync() as T[][])[0] : undefined);
+  const slots = batch.numSentences;
+  // Per-slot tensors have K + 1 columns (the last: tokens outside every sentence); report the K sentences.
+  const row = <T>(t: tf.Tensor | undefined): T[] | undefined => (t ? (t.arraySync() as T[][])[0]!.slice(0, slots) : undefined);
   const w = output.weighting;
   const s = w?.sentences;
   const present = row<number>(s?.present);
@@ -120,14 +122,14 @@ export function evaluateLossCase(lossCase: LossCase): LossCaseEvaluation {
   const ids = pair.chosen.sentenceIds;
   const length = ids.length;
 
-  // The margin split by sentence: β × the per-token terms of the chosen side, summed per sentence.
-  const tokenTerms = w
-    ? tf.tidy(() => (tf.mul(chosenTokenTerms(batch, w), config.beta).arraySync() as number[][])[0]!.slice(0, length))
-    : pair.chosen.policyLogps.map((p, t) => config.beta * (p - pair.chosen.refLogps[t]!));
+  // The margin split by slot: β × the chosen side's terms of slot k (DPO: its tokens' log-ratios).
+  const slotTerms = w ? (w.slotTerms.arraySync() as number[][])[0]! : undefined;
+  const contribution = (slot: (id: number) => boolean, k: number) => (slotTerms
+    ? config.beta * slotTerms[k]!
+    : pair.chosen.policyLogps.reduce((acc, p, t) => (slot(ids[t]!) ? acc + config.beta * (p - pair.chosen.refLogps[t]!) : acc), 0));
   const perplexity = row<number>(s?.perplexity);
   const similarityNorm = row<number>(s?.similarityNorm);
   const perplexityNorm = row<number>(s?.perplexityNorm);
-  const slots = batch.numSentences;
   const sentences: SentenceExplanation[] = [];
   for (let k = 0; k < slots; k++) {
     const tokens = ids.filter((id) => id === k).length;
@@ -142,7 +144,7 @@ export function evaluateLossCase(lossCase: LossCase): LossCaseEvaluation {
       perplexityNorm: perplexityNorm?.[k],
       weight: weights?.[k] ?? 0,
       multiplier: multipliers?.[k] ?? 1,
-      contribution: tokenTerms.reduce((acc, v, t) => (ids[t] === k ? acc + v : acc), 0),
+      contribution: contribution((id) => id === k, k),
     });
   }
   const evaluation: LossCaseEvaluation = {
@@ -156,7 +158,7 @@ export function evaluateLossCase(lossCase: LossCase): LossCaseEvaluation {
       gradPolicyRejected: gradPolicyRejected.arraySync()[0]!.slice(0, pair.rejected.policyLogps.length),
     },
     sentences,
-    outsideContribution: tokenTerms.reduce((acc, v, t) => (ids[t]! < 0 ? acc + v : acc), 0),
+    outsideContribution: contribution((id) => id < 0, slots),
     rejectedContribution: -(output.rejectedRewards.arraySync()[0]!),
   };
   tf.dispose([...outputTensors(output), gradPolicyChosen, gradPolicyRejected]);

@@ -1,5 +1,7 @@
 import { tf } from './backend.js';
-import { sentenceMembership, sentenceOneHot, sentenceWeights, spreadToTokens, stopGradient, type SentenceWeights } from './weights.js';
+import {
+  disposeSentenceLayout, sentenceLayout, sentenceWeights, slotSums, spreadSlots, type SentenceLayout, type SentenceWeights,
+} from './weights.js';
 
 /**
  * The ASPO loss (sentence-level preference optimization, arXiv 2505.19100) and plain DPO through the
@@ -74,35 +76,131 @@ export interface ResponseSide {
   mask: tf.Tensor2D;
 }
 
+/** Which positions of one side are real tokens (mask > 0). */
+export interface RowLayout {
+  /** Flat positions b·T + t of the real tokens, then a sentinel (position 0). */
+  tokens: tf.Tensor1D;
+  /** Their rows b (non-decreasing), then the sentinel row `batch`, cut off after summing. */
+  rows: tf.Tensor1D;
+  /** 1 on real tokens, 0 on padding, [batch, T]. */
+  keep: tf.Tensor2D;
+}
+
+/**
+ * Everything about a batch's shape the loss needs: it depends only on the masks and sentence ids, so
+ * a collator builds it once per batch (packPairs does). Padding is never read: sums run over the
+ * listed real tokens only, so padded positions may hold anything (even −Infinity or NaN).
+ */
+export interface BatchLayout {
+  chosen: RowLayout;
+  rejected: RowLayout;
+  sentences: SentenceLayout;
+  /** 1 for pairs with a token on either side, [batch]; padding rows are left out of the mean. */
+  pairMask: tf.Tensor1D;
+  /** Σ pairMask, at least 1 (the divisor of the mean). */
+  pairs: number;
+}
+
 /** A batch of preference pairs. The chosen and rejected sides may have different lengths T. */
 export interface PreferenceBatch {
   chosen: ResponseSide & {
     /** [batch, T] int32: the sentence index of each token, −1 outside any sentence. */
     sentenceIds: tf.Tensor2D;
-    /**
-     * Optional [batch, T, K] float32 one-hot of `sentenceIds` (0 on padding). It depends only on the
-     * data, so a collator can build it once per batch (packPairs does); otherwise it is built per call.
-     */
-    membership?: tf.Tensor3D;
   };
   rejected: ResponseSide;
   /** S_i per chosen sentence, [batch, K]; needed when alpha > 0. */
   similarity?: tf.Tensor2D;
   /** K, the number of sentence slots per row (ids are < K). */
   numSentences: number;
+  /** Optional precomputed layout (packPairs builds it); otherwise each call reads the masks and ids back to build one. */
+  layout?: BatchLayout;
 }
 
-/** How the chosen response is weighted: per sentence, and spread onto its tokens. */
+/** The layout from flat row-major arrays: sentence ids (−1 outside) and real-token flags of each side. */
+export function buildLayout(input: {
+  batch: number; numSentences: number;
+  chosenLength: number; chosenIds: ArrayLike<number>; chosenKeep: ArrayLike<boolean | number>;
+  rejectedLength: number; rejectedKeep: ArrayLike<boolean | number>;
+}): BatchLayout {
+  const { batch } = input;
+  const hasToken = new Uint8Array(batch);
+  const rowLayout = (keep: ArrayLike<boolean | number>, length: number): RowLayout => {
+    const tokens: number[] = [];
+    const rows: number[] = [];
+    const keepValues = new Float32Array(batch * length);
+    for (let p = 0; p < batch * length; p++) {
+      if (!keep[p]) continue;
+      const row = Math.floor(p / length);
+      tokens.push(p);
+      rows.push(row);
+      keepValues[p] = 1;
+      hasToken[row] = 1;
+    }
+    return {
+      tokens: tf.tensor1d([...tokens, 0], 'int32'),
+      rows: tf.tensor1d([...rows, batch], 'int32'),
+      keep: tf.tensor2d(keepValues, [batch, length]),
+    };
+  };
+  // First: it checks the ids, before any tensor is made.
+  const sentences = sentenceLayout(input.chosenIds, input.chosenKeep, batch, input.chosenLength, input.numSentences);
+  const chosen = rowLayout(input.chosenKeep, input.chosenLength);
+  const rejected = rowLayout(input.rejectedKeep, input.rejectedLength);
+  return {
+    chosen,
+    rejected,
+    sentences,
+    pairMask: tf.tensor1d(Float32Array.from(hasToken)),
+    pairs: Math.max(1, hasToken.reduce((a, b) => a + b, 0)),
+  };
+}
+
+/** The layout of a batch given as tensors only: reads its masks and sentence ids back (data, not model output). */
+export function batchLayout(batch: PreferenceBatch): BatchLayout {
+  const [size, chosenLength] = batch.chosen.mask.shape;
+  const positive = (mask: tf.Tensor2D) => Array.from(mask.dataSync(), (v) => v > 0);
+  return buildLayout({
+    batch: size, numSentences: batch.numSentences,
+    chosenLength, chosenIds: batch.chosen.sentenceIds.dataSync(), chosenKeep: positive(batch.chosen.mask),
+    rejectedLength: batch.rejected.mask.shape[1], rejectedKeep: positive(batch.rejected.mask),
+  });
+}
+
+export function disposeLayout(layout: BatchLayout): void {
+  for (const side of [layout.chosen, layout.rejected]) tf.dispose([side.tokens, side.rows, side.keep]);
+  disposeSentenceLayout(layout.sentences);
+  layout.pairMask.dispose();
+}
+
+/** Σ_t x_t over each row's real tokens, [batch]; padding is never read. */
+function rowSums(x: tf.Tensor2D, layout: RowLayout): tf.Tensor1D {
+  const op = tf.customGrad(((values: tf.Tensor, save: tf.GradSaveFunc) => {
+    save([layout.keep]);
+    const [batch] = values.shape;
+    return {
+      value: tf.slice(tf.sparse.sparseSegmentSum(tf.reshape(values, [-1]), layout.tokens, layout.rows), 0, batch),
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => tf.mul(tf.reshape(dy, [-1, 1]), saved[0]!),
+    };
+  }) as never) as (values: tf.Tensor) => tf.Tensor;
+  return op(x) as tf.Tensor1D;
+}
+
+/** How the chosen response is weighted, per slot [batch, K + 1] (K sentences, then the tokens outside them). */
 export interface ChosenWeighting {
   sentences: SentenceWeights & {
-    /** m = 1 + λ·w per sentence, [batch, K]; `refMultipliers` those applied to the reference. */
+    /** m = 1 + λ·w per slot (1 for the outside slot); `refMultipliers` those applied to the reference. */
     multipliers: tf.Tensor2D;
     refMultipliers: tf.Tensor2D;
   };
-  /** N·m_t per token, [batch, T] (N = 1 unless normalize is "mass"; m_t = 1 outside sentences). */
-  tokenMultipliers: tf.Tensor2D;
+  /** N·m per slot: the factor on each of the slot's tokens in the margin (N = 1 unless normalize is "mass"). */
+  slotMultipliers: tf.Tensor2D;
   /** The same for the reference log-probs; the same tensor unless refWeights is "own". */
-  refTokenMultipliers: tf.Tensor2D;
+  refSlotMultipliers: tf.Tensor2D;
+  /**
+   * The chosen response's terms of the margin before β, per slot: N·m·Σ(log π − log π_ref) with
+   * refWeights "shared", N·m·Σ log π − N_ref·m^ref·Σ log π_ref with "own".
+   */
+  slotTerms: tf.Tensor2D;
 }
 
 /** Per-pair results, [batch]; padding rows (no token on either side) have pairMask 0 and margin 0. */
@@ -118,109 +216,154 @@ export interface AspoLossOutput {
   weighting?: ChosenWeighting;
 }
 
-/**
- * A response's log-probs with padding set to 0. Padding may hold any value (even −Infinity or NaN from
- * a model's padded positions); zeroing it before any product keeps every value, and so every gradient,
- * finite.
- */
-class MaskedSide {
-  readonly keep: tf.Tensor2D;
-  private readonly zeros: tf.Tensor2D;
-
-  constructor(readonly side: ResponseSide) {
-    this.keep = tf.greater(side.mask, 0) as tf.Tensor2D;
-    this.zeros = tf.zerosLike(side.mask) as tf.Tensor2D;
-  }
-
-  masked(x: tf.Tensor2D): tf.Tensor2D {
-    return tf.where(this.keep, x, this.zeros) as tf.Tensor2D;
-  }
-
-  /** log π − log π_ref per token, 0 on padding. */
-  logratio(): tf.Tensor2D {
-    return this.masked(tf.sub(this.side.policyLogps, this.side.refLogps));
-  }
-}
-
 /** Whether the weights can change with the policy's log-probs (and so carry a gradient unless detached). */
 function weightsDependOnPolicy(config: AspoLossConfig): boolean {
   return config.pplSource === 'policy' && config.alpha < 1;
 }
 
-/**
- * Spec steps 3–5 and the multipliers of step 6 for a batch. Inside a gradient tape the result is
- * differentiable; with detachWeights it is cut off from the tape.
- */
+/** Spec steps 3–5 and the multipliers of step 6 for a batch, outside any gradient tape. */
 export function chosenWeighting(batch: PreferenceBatch, config: AspoLossConfig): ChosenWeighting {
-  return tf.tidy(() => weightingOf(batch, new MaskedSide(batch.chosen), config) as never);
+  const layout = batch.layout ?? batchLayout(batch);
+  const weighting = tf.tidy(() => {
+    const { policyLogps, refLogps } = batch.chosen;
+    return weightingOf(batch, layout, config, slotSums(policyLogps, layout.sentences), slotSums(refLogps, layout.sentences)) as never;
+  }) as ChosenWeighting;
+  if (!batch.layout) disposeLayout(layout);
+  return weighting;
 }
 
-function weightingOf(batch: PreferenceBatch, chosen: MaskedSide, config: AspoLossConfig): ChosenWeighting {
+/** The weighting from the per-slot sums of the chosen policy and reference log-probs. */
+function weightingOf(batch: PreferenceBatch, layout: BatchLayout, config: AspoLossConfig,
+  policySums: tf.Tensor2D, refSums: tf.Tensor2D): ChosenWeighting {
   if (config.alpha > 0 && !batch.similarity) {
     throw new Error(`similarity is required when alpha > 0 (alpha = ${config.alpha}); give it, or set alpha to 0`);
   }
-  const { sentenceIds, mask, policyLogps, refLogps } = batch.chosen;
-  const membership = batch.chosen.membership ?? sentenceOneHot(sentenceIds, mask, batch.numSentences);
   const needsPerplexity = config.alpha < 1;
-  let w = sentenceWeights({
-    oneHot: membership,
-    pplLogps: needsPerplexity ? chosen.masked(config.pplSource === 'policy' ? policyLogps : refLogps) : undefined,
-    ownRefLogps: needsPerplexity && config.refWeights === 'own' && config.pplSource === 'policy' ? chosen.masked(refLogps) : undefined,
+  const w = sentenceWeights({
+    layout: layout.sentences,
+    pplSums: needsPerplexity ? (config.pplSource === 'policy' ? policySums : refSums) : undefined,
+    ownRefSums: needsPerplexity && config.refWeights === 'own' && config.pplSource === 'policy' ? refSums : undefined,
     similarity: batch.similarity,
     alpha: config.alpha,
   });
-  if (config.detachWeights && weightsDependOnPolicy(config)) {
-    const detached = stopGradient(w.weights);
-    w = { ...w, weights: detached, refWeights: w.refWeights === w.weights ? detached : stopGradient(w.refWeights) };
-  }
-  const spread = (sentenceWeights: tf.Tensor2D): [tf.Tensor2D, tf.Tensor2D] => {
+  const { counts } = layout.sentences;
+  const multipliersOf = (sentenceWeights: tf.Tensor2D): [tf.Tensor2D, tf.Tensor2D] => {
     const multipliers = tf.add(tf.mul(sentenceWeights, config.scale), 1) as tf.Tensor2D;
-    const perToken = tf.add(tf.mul(spreadToTokens(sentenceWeights, membership), config.scale), 1) as tf.Tensor2D;
-    if (config.normalize === 'none') return [multipliers, perToken];
+    if (config.normalize === 'none') return [multipliers, multipliers];
     // N = Σ1 / Σm over the response's tokens; at least 1 in the denominator for empty rows.
-    const mass = tf.clipByValue(tf.sum(tf.mul(perToken, mask), 1, true), 1, Infinity);
-    return [multipliers, tf.mul(perToken, tf.div(tf.sum(mask, 1, true), mass)) as tf.Tensor2D];
+    const mass = tf.clipByValue(tf.sum(tf.mul(multipliers, counts), 1, true), 1, Infinity);
+    return [multipliers, tf.mul(multipliers, tf.div(tf.sum(counts, 1, true), mass)) as tf.Tensor2D];
   };
-  const [multipliers, tokenMultipliers] = spread(w.weights);
-  const [refMultipliers, refTokenMultipliers] = w.refWeights === w.weights ? [multipliers, tokenMultipliers] : spread(w.refWeights);
-  return { sentences: { ...w, multipliers, refMultipliers }, tokenMultipliers, refTokenMultipliers };
+  const [multipliers, slotMultipliers] = multipliersOf(w.weights);
+  const [refMultipliers, refSlotMultipliers] = w.refWeights === w.weights ? [multipliers, slotMultipliers] : multipliersOf(w.refWeights);
+  const slotTerms = (refSlotMultipliers === slotMultipliers
+    ? tf.mul(slotMultipliers, tf.sub(policySums, refSums))
+    : tf.sub(tf.mul(slotMultipliers, policySums), tf.mul(refSlotMultipliers, refSums))) as tf.Tensor2D;
+  return { sentences: { ...w, multipliers, refMultipliers }, slotMultipliers, refSlotMultipliers, slotTerms };
 }
 
-/**
- * The loss of spec step 6 (or DPO). `weighting` may be passed precomputed — e.g. computed before a
- * gradient tape starts when the weights are detached anyway; otherwise it is computed here.
- */
-export function aspoLoss(batch: PreferenceBatch, config: AspoLossConfig = DEFAULT_LOSS_CONFIG,
-  weighting?: ChosenWeighting): AspoLossOutput {
-  const chosen = new MaskedSide(batch.chosen);
-  const rejected = new MaskedSide(batch.rejected);
+/** Spec step 6 (or DPO) from the policy's log-probs; differentiable through every op. */
+function lossForward(batch: PreferenceBatch, layout: BatchLayout, config: AspoLossConfig,
+  policyChosen: tf.Tensor2D, policyRejected: tf.Tensor2D): AspoLossOutput {
   const { beta } = config;
-  const pairMask = tf.cast(tf.logicalOr(tf.any(chosen.keep, 1), tf.any(rejected.keep, 1)), 'float32') as tf.Tensor1D;
-  const rejectedLogratio = tf.sum(rejected.logratio(), 1);
-  const used = config.lossType === 'aspo' ? weighting ?? weightingOf(batch, chosen, config) : undefined;
-  const chosenLogratio = tf.sum(used ? weightedChosenTerms(chosen, used) : chosen.logratio(), 1);
+  const rejectedLogratio = rowSums(tf.sub(policyRejected, batch.rejected.refLogps), layout.rejected);
+  let weighting: ChosenWeighting | undefined;
+  let chosenLogratio: tf.Tensor1D;
+  if (config.lossType === 'aspo') {
+    const sentences = layout.sentences;
+    weighting = weightingOf(batch, layout, config, slotSums(policyChosen, sentences), slotSums(batch.chosen.refLogps, sentences));
+    chosenLogratio = tf.sum(weighting.slotTerms, 1);
+  } else {
+    chosenLogratio = rowSums(tf.sub(policyChosen, batch.chosen.refLogps), layout.chosen);
+  }
   const chosenRewards = tf.mul(chosenLogratio, beta) as tf.Tensor1D;
   const rejectedRewards = tf.mul(rejectedLogratio, beta) as tf.Tensor1D;
+  const pairMask = tf.clone(layout.pairMask);
   const margins = tf.mul(tf.sub(chosenRewards, rejectedRewards), pairMask) as tf.Tensor1D;
   // −log σ(M) = softplus(−M): stable for any M (tf.logSigmoid's gradient is broken in tfjs 4.22).
-  const perPair = tf.mul(tf.softplus(tf.neg(margins)), pairMask);
-  const loss = tf.div(tf.sum(perPair), tf.clipByValue(tf.sum(pairMask), 1, Infinity)) as tf.Scalar;
-  return { loss, margins, chosenRewards, rejectedRewards, pairMask, weighting: used };
+  const loss = tf.mul(tf.sum(tf.mul(tf.softplus(tf.neg(margins)), pairMask)), 1 / layout.pairs) as tf.Scalar;
+  return { loss, margins, chosenRewards, rejectedRewards, pairMask, weighting };
 }
 
 /**
- * The chosen response's per-token terms of the margin (before β): N·m_t·(log π − log π_ref)_t with
- * refWeights "shared", N·m_t·log π_t − N_ref·m^ref_t·log π_ref,t with "own"; 0 on padding.
+ * The loss of spec step 6 (or DPO), to be called inside the caller's gradient tape. When the weights
+ * are constants for the gradient (detachWeights, or weights that do not depend on the policy) the
+ * loss carries its gradient in closed form, dL/dπ_c,t = −σ(−M)·β·N·m_t / pairs and
+ * dL/dπ_r,t = σ(−M)·β / pairs, so the backward pass is a handful of kernels and never walks the
+ * weight maths. Otherwise it is differentiated through every op (the gradient also flows through
+ * the perplexity weights).
  */
-export function chosenTokenTerms(batch: PreferenceBatch, weighting: ChosenWeighting): tf.Tensor2D {
-  return tf.tidy(() => weightedChosenTerms(new MaskedSide(batch.chosen), weighting));
+export function aspoLoss(batch: PreferenceBatch, config: AspoLossConfig = DEFAULT_LOSS_CONFIG): AspoLossOutput {
+  const layout = batch.layout ?? batchLayout(batch);
+  const { policyLogps: policyChosen } = batch.chosen;
+  const { policyLogps: policyRejected } = batch.rejected;
+  if (config.lossType === 'aspo' && weightsDependOnPolicy(config) && !config.detachWeights) {
+    return lossForward(batch, layout, config, policyChosen, policyRejected);
+  }
+  const { beta } = config;
+  let forward: AspoLossOutput | undefined;
+  // The forward runs inside the custom op, where the caller's tape records nothing (no tape nodes,
+  // no saved inputs); its outputs other than the loss are kept there and handed to the caller below.
+  const withGradient = tf.customGrad(((_chosen: tf.Tensor, _rejected: tf.Tensor, save: tf.GradSaveFunc) => {
+    forward = lossForward(batch, layout, config, policyChosen, policyRejected);
+    for (const t of outputTensors(forward)) if (t !== forward.loss) tf.keep(t);
+    const factors = forward.weighting?.slotMultipliers;
+    const { sentences } = layout;
+    save([forward.margins, forward.pairMask, layout.rejected.keep, factors ?? layout.chosen.keep, sentences.tokenSlots]);
+    return {
+      value: forward.loss,
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+        const [margins, pairMask, rejectedKeep, chosenFactors, tokenSlots] = saved as [tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor2D];
+        // dL/dM per pair, [batch, 1]: −σ(−M)·pairMask / pairs (padding rows have M = 0, hence the mask).
+        const perPair = tf.reshape(tf.mul(tf.mul(tf.sigmoid(tf.neg(margins)), pairMask), tf.mul(dy, -beta / layout.pairs)), [-1, 1]);
+        const gradChosen = factors
+          ? spreadSlots(tf.mul(perPair, chosenFactors) as tf.Tensor2D, { ...sentences, tokenSlots })
+          : tf.mul(perPair, chosenFactors);
+        return [gradChosen, tf.mul(tf.neg(perPair), rejectedKeep)];
+      },
+    };
+  }) as never) as (chosen: tf.Tensor, rejected: tf.Tensor) => tf.Scalar;
+  const loss = withGradient(policyChosen, policyRejected);
+  return { ...adoptKept(forward!), loss };
 }
 
-function weightedChosenTerms(chosen: MaskedSide, weighting: ChosenWeighting): tf.Tensor2D {
-  const { tokenMultipliers, refTokenMultipliers } = weighting;
-  if (refTokenMultipliers === tokenMultipliers) return tf.mul(tokenMultipliers, chosen.logratio());
-  const { policyLogps, refLogps } = chosen.side;
-  return tf.sub(tf.mul(tokenMultipliers, chosen.masked(policyLogps)), tf.mul(refTokenMultipliers, chosen.masked(refLogps)));
+/**
+ * Replaces each kept tensor of an output by a clone owned by the current scope (a clone shares the
+ * data; no copy), so the caller's tf.tidy or tf.dispose frees it like any other result.
+ */
+function adoptKept(output: AspoLossOutput): AspoLossOutput {
+  const clones = new Map<tf.Tensor, tf.Tensor>();
+  const adopt = <T extends tf.Tensor | undefined>(t: T): T => {
+    if (!t) return t;
+    if (!clones.has(t)) {
+      clones.set(t, tf.clone(t));
+      t.dispose();
+    }
+    return clones.get(t) as T;
+  };
+  const w = output.weighting;
+  return {
+    loss: output.loss,
+    margins: adopt(output.margins),
+    chosenRewards: adopt(output.chosenRewards),
+    rejectedRewards: adopt(output.rejectedRewards),
+    pairMask: adopt(output.pairMask),
+    weighting: w && {
+      sentences: {
+        present: adopt(w.sentences.present),
+        weights: adopt(w.sentences.weights),
+        refWeights: adopt(w.sentences.refWeights),
+        perplexity: adopt(w.sentences.perplexity),
+        perplexityNorm: adopt(w.sentences.perplexityNorm),
+        similarityNorm: adopt(w.sentences.similarityNorm),
+        multipliers: adopt(w.sentences.multipliers),
+        refMultipliers: adopt(w.sentences.refMultipliers),
+      },
+      slotMultipliers: adopt(w.slotMultipliers),
+      refSlotMultipliers: adopt(w.refSlotMultipliers),
+      slotTerms: adopt(w.slotTerms),
+    },
+  };
 }
 
 /** The loss and its gradients with respect to the policy's chosen and rejected per-token log-probs. */
@@ -230,24 +373,22 @@ export interface LossAndGradients {
   gradPolicyRejected: tf.Tensor2D;
 }
 
-/**
- * One loss evaluation plus dL/d(policy log-probs). Detached or policy-independent weights are computed
- * before the tape starts, so the backward pass does not walk through the weight maths at all.
- */
+/** One loss evaluation plus dL/d(policy log-probs). */
 export function aspoLossAndGradients(batch: PreferenceBatch, config: AspoLossConfig = DEFAULT_LOSS_CONFIG): LossAndGradients {
-  const precomputed = config.lossType === 'aspo' && (config.detachWeights || !weightsDependOnPolicy(config))
-    ? chosenWeighting(batch, config) : undefined;
+  const layout = batch.layout ?? batchLayout(batch);
   let output: AspoLossOutput | undefined;
   const lossAndGrads = tf.valueAndGrads((policyChosen: tf.Tensor, policyRejected: tf.Tensor) => {
     const result = aspoLoss({
       ...batch,
+      layout,
       chosen: { ...batch.chosen, policyLogps: policyChosen as tf.Tensor2D },
       rejected: { ...batch.rejected, policyLogps: policyRejected as tf.Tensor2D },
-    }, config, precomputed);
+    }, config);
     output = keepOutput(result);
     return result.loss;
   });
   const { value, grads } = lossAndGrads([batch.chosen.policyLogps, batch.rejected.policyLogps]);
+  if (!batch.layout) disposeLayout(layout);
   return {
     output: { ...output!, loss: value as tf.Scalar },
     gradPolicyChosen: grads[0] as tf.Tensor2D,
@@ -261,7 +402,7 @@ export function outputTensors(output: AspoLossOutput): tf.Tensor[] {
   const all: tf.Tensor[] = [output.loss, output.margins, output.chosenRewards, output.rejectedRewards, output.pairMask];
   if (w) {
     const s = w.sentences;
-    all.push(s.present, s.weights, s.refWeights, s.multipliers, s.refMultipliers, w.tokenMultipliers, w.refTokenMultipliers);
+    all.push(s.present, s.weights, s.refWeights, s.multipliers, s.refMultipliers, w.slotMultipliers, w.refSlotMultipliers, w.slotTerms);
     for (const t of [s.perplexity, s.perplexityNorm, s.similarityNorm]) if (t) all.push(t);
   }
   return [...new Set(all)];
@@ -339,7 +480,7 @@ export function checkPair(pair: PairArrays, prefix = ''): void {
 }
 
 /**
- * Pads pairs into a batch (right padding, mask 0), with the sentence one-hot built here once.
+ * Pads pairs into a batch (right padding, mask 0), with its layout built here once.
  * K is the largest similarity length or sentence id + 1, at least 1; similarity is padded with 0
  * (padded slots have no tokens, so they are absent). Similarity is included only when every pair has it.
  */
@@ -358,17 +499,21 @@ export function packPairs(pairs: PairArrays[]): PreferenceBatch {
   });
   const withSimilarity = pairs.every((p) => p.chosen.similarity);
   const ids = pad(pairs.map((p) => p.chosen.sentenceIds), -1);
+  const keep = (lengths: number[], width: number) => lengths.flatMap((n) => Array.from({ length: width }, (_, t) => t < n));
+  const chosenLength = ids[0]!.length;
+  const rejectedLength = Math.max(1, ...pairs.map((p) => p.rejected.policyLogps.length));
   return {
-    chosen: {
-      ...side(pairs.map((p) => p.chosen)),
-      sentenceIds: tf.tensor2d(ids, undefined, 'int32'),
-      membership: sentenceMembership(ids, numSentences),
-    },
+    chosen: { ...side(pairs.map((p) => p.chosen)), sentenceIds: tf.tensor2d(ids, undefined, 'int32') },
     rejected: side(pairs.map((p) => p.rejected)),
     similarity: withSimilarity
       ? tf.tensor2d(pairs.map((p) => [...p.chosen.similarity!, ...new Array<number>(numSentences - p.chosen.similarity!.length).fill(0)]))
       : undefined,
     numSentences,
+    layout: buildLayout({
+      batch: pairs.length, numSentences,
+      chosenLength, chosenIds: ids.flat(), chosenKeep: keep(pairs.map((p) => p.chosen.policyLogps.length), chosenLength),
+      rejectedLength, rejectedKeep: keep(pairs.map((p) => p.rejected.policyLogps.length), rejectedLength),
+    }),
   };
 }
 
@@ -376,6 +521,6 @@ export function packPairs(pairs: PairArrays[]): PreferenceBatch {
 export function disposeBatch(batch: PreferenceBatch): void {
   const { chosen, rejected } = batch;
   tf.dispose([chosen.policyLogps, chosen.refLogps, chosen.mask, chosen.sentenceIds, rejected.policyLogps, rejected.refLogps, rejected.mask]);
-  if (chosen.membership) chosen.membership.dispose();
+  if (batch.layout) disposeLayout(batch.layout);
   if (batch.similarity) batch.similarity.dispose();
 }

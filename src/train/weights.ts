@@ -1,9 +1,12 @@
 import { tf } from './backend.js';
 
 /**
- * Sentence-weight maths of ASPO (spec steps 3–5), vectorised over a batch of chosen responses:
- * tokens are mapped to sentences with a one-hot matrix [batch, T, K], so per-sentence sums are
- * one batched matMul and spreading a per-sentence value back to tokens is another.
+ * Sentence-weight maths of ASPO (spec steps 3–5), vectorised over a batch of chosen responses.
+ * Each pair has a table of `K + 1` slots: its K sentences, then one slot for the chosen tokens
+ * outside every sentence (which keep multiplier 1). Per-slot sums of per-token values are one
+ * SparseSegmentSum, and spreading per-slot values back onto tokens one GatherNd, over a layout built
+ * once per batch from the sentence ids: a few kernels whatever K is, where a [batch, T, K] one-hot
+ * matMul costs several times more on the wasm backend.
  */
 
 /** Min–max normaliser of the spec: (v − min v) / (max v − min v + ε), within one response. */
@@ -18,69 +21,138 @@ export const MAX_SENTENCE_NLL = 60;
 /** Pushes absent sentences out of the row-wise min/max: above any capped perplexity, yet finite in float32. */
 const ABSENT_FILL = 1e30;
 
-/** Identity whose gradient is zero: the weights are treated as weights, not as a second objective. */
-export const stopGradient = tf.customGrad(
-  ((x: tf.Tensor) => ({ value: tf.clone(x), gradFunc: (dy: tf.Tensor) => tf.zerosLike(dy) })) as never,
-) as <T extends tf.Tensor>(x: T) => T;
-
 /**
- * [batch, T, K] float32: 1 where token t of row b belongs to sentence k. Padding tokens (mask 0) and
- * tokens outside every sentence (id −1) get an all-zero row, hence multiplier 1.
+ * Where every chosen token goes in the per-pair slot table. It depends only on the data (sentence
+ * ids and mask), so a collator builds it once per batch (`packPairs` does).
  */
-export function sentenceOneHot(sentenceIds: tf.Tensor2D, mask: tf.Tensor2D, numSentences: number): tf.Tensor3D {
-  return tf.tidy(() => {
-    // Slot 0 collects "no sentence" and is cut off; it also keeps the depth ≥ 2 that tf.oneHot requires.
-    const ids = tf.where(tf.greater(mask, 0), tf.add(tf.cast(sentenceIds, 'int32'), tf.scalar(1, 'int32')), tf.zerosLike(sentenceIds).toInt());
-    // int32 then cast: the wasm kernel writes integer bits into a float32 output (tfjs 4.22).
-    const oneHot = tf.oneHot(ids as tf.Tensor2D, numSentences + 1);
-    return tf.cast(tf.slice(oneHot, [0, 0, 1], [-1, -1, numSentences]), 'float32') as tf.Tensor3D;
-  });
-}
-
-/** The same one-hot built on the CPU from padded id rows (−1 = outside or padding), as a collator would. */
-export function sentenceMembership(ids: number[][], numSentences: number): tf.Tensor3D {
-  const length = Math.max(1, ...ids.map((row) => row.length));
-  const values = new Float32Array(ids.length * length * numSentences);
-  ids.forEach((row, b) => row.forEach((id, t) => {
-    if (id >= 0 && id < numSentences) values[(b * length + t) * numSentences + id] = 1;
-  }));
-  return tf.tensor3d(values, [ids.length, length, numSentences]);
-}
-
-/** Per-sentence sums Σ_{t∈s_k} x_t, [batch, K], from per-token values [batch, T]. */
-export function sentenceSums(tokenValues: tf.Tensor2D, oneHot: tf.Tensor3D): tf.Tensor2D {
-  const [batch, , k] = oneHot.shape;
-  return tf.reshape(tf.matMul(tf.expandDims(tokenValues, 1), oneHot), [batch, k]) as tf.Tensor2D;
-}
-
-/** Spreads per-sentence values [batch, K] back onto tokens [batch, T]; 0 outside sentences. */
-export function spreadToTokens(sentenceValues: tf.Tensor2D, oneHot: tf.Tensor3D): tf.Tensor2D {
-  const [batch, t] = oneHot.shape;
-  return tf.reshape(tf.matMul(oneHot, tf.expandDims(sentenceValues, 2)), [batch, t]) as tf.Tensor2D;
-}
-
-/** PPL_k = exp(−mean log p over the sentence's tokens), [batch, K]; 1 for sentences without tokens. */
-export function sentencePerplexity(logps: tf.Tensor2D, oneHot: tf.Tensor3D, tokenCounts: tf.Tensor2D): tf.Tensor2D {
-  const meanNll = tf.div(tf.neg(sentenceSums(logps, oneHot)), tf.clipByValue(tokenCounts, 1, Infinity));
-  return tf.exp(tf.minimum(meanNll, MAX_SENTENCE_NLL)) as tf.Tensor2D;
+export interface SentenceLayout {
+  batch: number;
+  /** T, the padded length of the chosen responses. */
+  length: number;
+  /** K + 1: the K sentence slots, then the slot of the tokens outside every sentence. */
+  slots: number;
+  /** Flat positions b·T + t of the real chosen tokens in slot order, then a sentinel (position 0). */
+  slotTokens: tf.Tensor1D;
+  /** Their slots b·slots + k (non-decreasing), then the sentinel slot batch·slots, cut off after summing. */
+  slotIds: tf.Tensor1D;
+  /** Slot of every chosen position, [batch·T, 1]; padding points one past the table (batch·slots), to a 0. */
+  tokenSlots: tf.Tensor2D;
+  /** Tokens per slot, [batch, slots]; and −max(count, 1), the divisor turning a slot's log-prob sum into its mean NLL. */
+  counts: tf.Tensor2D;
+  nllDivisor: tf.Tensor2D;
+  /** 1 for the sentence slots holding at least one token, else 0 (always 0 for the outside slot), [batch, slots]. */
+  present: tf.Tensor2D;
+  /** The same mask in additive form for the row-wise min/max: 0 where present, ABSENT_FILL elsewhere. */
+  absentOffset: tf.Tensor2D;
 }
 
 /**
- * Min–max normalisation along the last axis over the present entries only (`present` is 1/0 and
- * broadcasts against `values`); absent entries come out 0. One-entry rows and all-equal rows give 0.
- * Every intermediate stays finite, so gradients stay finite even for rows without sentences.
+ * Builds the layout from flat row-major arrays: `ids` the sentence id of each chosen position
+ * (−1 outside any sentence) and `keep` whether the position is a real token (not padding).
+ * Ids must be < numSentences.
  */
-export function minMaxNormalize(values: tf.Tensor, present: tf.Tensor): tf.Tensor {
+export function sentenceLayout(ids: ArrayLike<number>, keep: ArrayLike<boolean | number>, batch: number, length: number,
+  numSentences: number): SentenceLayout {
+  const slots = numSentences + 1;
+  const slotOf = new Int32Array(batch * length).fill(batch * slots);
+  const counts = new Float32Array(batch * slots);
+  for (let p = 0; p < batch * length; p++) {
+    if (!keep[p]) continue;
+    const id = ids[p]!;
+    if (id >= numSentences) throw new Error(`chosen.sentenceIds holds sentence ${id} but numSentences is ${numSentences}`);
+    const slot = Math.floor(p / length) * slots + (id < 0 ? numSentences : id);
+    slotOf[p] = slot;
+    counts[slot]!++;
+  }
+  // Counting sort of the real tokens by slot (stable, so positions stay increasing within a slot).
+  const start = new Int32Array(batch * slots + 1);
+  for (let s = 0; s < batch * slots; s++) start[s + 1] = start[s]! + counts[s]!;
+  const real = start[batch * slots]!;
+  const slotTokens = new Int32Array(real + 1);
+  const slotIds = new Int32Array(real + 1);
+  const next = start.slice(0, batch * slots);
+  for (let p = 0; p < batch * length; p++) {
+    const slot = slotOf[p]!;
+    if (slot === batch * slots) continue;
+    const at = next[slot]!++;
+    slotTokens[at] = p;
+    slotIds[at] = slot;
+  }
+  slotIds[real] = batch * slots;
+  const present = counts.map((count, s) => (count > 0 && s % slots < numSentences ? 1 : 0));
+  return {
+    batch, length, slots,
+    slotTokens: tf.tensor1d(slotTokens, 'int32'),
+    slotIds: tf.tensor1d(slotIds, 'int32'),
+    tokenSlots: tf.tensor2d(slotOf, [batch * length, 1], 'int32'),
+    counts: tf.tensor2d(counts, [batch, slots]),
+    nllDivisor: tf.tensor2d(counts.map((count) => -Math.max(count, 1)), [batch, slots]),
+    present: tf.tensor2d(present, [batch, slots]),
+    absentOffset: tf.tensor2d(present.map((p) => (p ? 0 : ABSENT_FILL)), [batch, slots]),
+  };
+}
+
+export function disposeSentenceLayout(layout: SentenceLayout): void {
+  tf.dispose([layout.slotTokens, layout.slotIds, layout.tokenSlots, layout.counts, layout.nllDivisor, layout.present, layout.absentOffset]);
+}
+
+/** Σ_{t ∈ slot} x_t per slot, [batch, slots], from per-token values [batch, T]; padding is never read. */
+export function slotSums(x: tf.Tensor2D, layout: SentenceLayout): tf.Tensor2D {
+  const op = tf.customGrad(((values: tf.Tensor, save: tf.GradSaveFunc) => {
+    save([layout.tokenSlots]);
+    const { batch, slots } = layout;
+    const sums = tf.sparse.sparseSegmentSum(tf.reshape(values, [-1]), layout.slotTokens, layout.slotIds);
+    return {
+      value: tf.reshape(tf.slice(sums, 0, batch * slots), [batch, slots]),
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => spread(dy as tf.Tensor2D, layout, saved[0]!),
+    };
+  }) as never) as (values: tf.Tensor) => tf.Tensor;
+  return op(x) as tf.Tensor2D;
+}
+
+/** Each token gets its slot's value, [batch, T]; padding gets 0. */
+export function spreadSlots(slotValues: tf.Tensor2D, layout: SentenceLayout): tf.Tensor2D {
+  const op = tf.customGrad(((values: tf.Tensor, save: tf.GradSaveFunc) => {
+    save([layout.slotTokens, layout.slotIds]);
+    return {
+      value: spread(values as tf.Tensor2D, layout, layout.tokenSlots),
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+        const sums = tf.sparse.sparseSegmentSum(tf.reshape(dy, [-1]), saved[0] as tf.Tensor1D, saved[1] as tf.Tensor1D);
+        return tf.reshape(tf.slice(sums, 0, layout.batch * layout.slots), [layout.batch, layout.slots]);
+      },
+    };
+  }) as never) as (values: tf.Tensor) => tf.Tensor;
+  return op(slotValues) as tf.Tensor2D;
+}
+
+/** The gather behind spreadSlots (GatherNd: GatherV2 checks every index in JavaScript and is ten times slower on wasm). */
+function spread(slotValues: tf.Tensor2D, layout: SentenceLayout, tokenSlots: tf.Tensor): tf.Tensor2D {
+  const table = tf.concat([tf.reshape(slotValues, [-1]), tf.zeros([1])]);
+  return tf.reshape(tf.gatherND(table, tokenSlots), [layout.batch, layout.length]) as tf.Tensor2D;
+}
+
+/** PPL_k = exp(−mean log p over the slot's tokens), [batch, slots]; 1 for slots without tokens. */
+export function sentencePerplexity(slotLogpSums: tf.Tensor2D, layout: SentenceLayout): tf.Tensor2D {
+  const meanNll = tf.div(slotLogpSums, layout.nllDivisor);
+  return tf.exp(tf.clipByValue(meanNll, -Infinity, MAX_SENTENCE_NLL)) as tf.Tensor2D;
+}
+
+/**
+ * Min–max normalisation along the last axis over the present entries only (`present` is 1/0,
+ * `absentOffset` the same mask as 0/ABSENT_FILL; both broadcast against `values`); absent entries
+ * come out 0. One-entry rows and all-equal rows give 0. Every intermediate stays finite, so
+ * gradients stay finite even for rows without sentences.
+ */
+export function minMaxNormalize(values: tf.Tensor, present: tf.Tensor, absentOffset: tf.Tensor): tf.Tensor {
   // Pushing absent entries out of range is cheaper than selecting with tf.where.
-  const absentOffset = tf.mul(tf.sub(1, present), ABSENT_FILL);
   const low = tf.min(tf.add(values, absentOffset), -1, true);
   const high = tf.max(tf.sub(values, absentOffset), -1, true);
   return tf.mul(tf.div(tf.sub(values, low), tf.add(tf.sub(high, low), MIN_MAX_EPSILON)), present);
 }
 
-/** What the fused weights were made of, per sentence [batch, K]; absent sentences hold 0 (PPL 1). */
+/** What the fused weights were made of, per slot [batch, K + 1]; the outside slot and absent sentences hold w = 0. */
 export interface SentenceWeights {
-  /** 1 where the sentence has at least one (unmasked) token. */
+  /** 1 where the slot is a sentence with at least one (unmasked) token. */
   present: tf.Tensor2D;
   /** w = α·S' + (1 − α)·P' of the perplexity source. */
   weights: tf.Tensor2D;
@@ -94,11 +166,11 @@ export interface SentenceWeights {
 }
 
 export interface SentenceWeightInputs {
-  oneHot: tf.Tensor3D;
-  /** Per-token log-probs the perplexity is computed from (policy or reference, per `pplSource`); needed when alpha < 1. */
-  pplLogps?: tf.Tensor2D;
-  /** The reference's per-token log-probs, when the reference needs its own weights; else undefined. */
-  ownRefLogps?: tf.Tensor2D;
+  layout: SentenceLayout;
+  /** Per-slot sums of the log-probs the perplexity is computed from (per `pplSource`); needed when alpha < 1. */
+  pplSums?: tf.Tensor2D;
+  /** Per-slot sums of the reference's log-probs, when the reference needs its own weights; else undefined. */
+  ownRefSums?: tf.Tensor2D;
   /** S_i, [batch, K]; required when alpha > 0. */
   similarity?: tf.Tensor2D;
   alpha: number;
@@ -106,32 +178,29 @@ export interface SentenceWeightInputs {
 
 /** Spec steps 3–5: per-sentence perplexity, min–max normalisation within each response, fusion. */
 export function sentenceWeights(inputs: SentenceWeightInputs): SentenceWeights {
-  const { oneHot, pplLogps, ownRefLogps, similarity, alpha } = inputs;
+  const { layout, pplSums, ownRefSums, similarity, alpha } = inputs;
   if (alpha > 0 && !similarity) throw new Error('similarity is required when alpha > 0');
-  const tokenCounts = tf.sum(oneHot, 1) as tf.Tensor2D;
-  const present = tf.cast(tf.greater(tokenCounts, 0), 'float32') as tf.Tensor2D;
+  const present = tf.clone(layout.present);
 
-  // Normalise S, −PPL (and the reference's −PPL) together: one min, one max for all of them.
-  const rows: tf.Tensor2D[] = [];
-  if (alpha > 0) rows.push(similarity!);
+  const normalize = (values: tf.Tensor) => minMaxNormalize(values, present, layout.absentOffset) as tf.Tensor2D;
+  // Each score normalised on its own: stacking them to share one min and one max costs more kernels than it saves.
+  // The outside slot gets a 0 score; it is absent from the normalisation anyway.
+  const similarityNorm = alpha > 0 ? normalize(tf.pad(similarity!, [[0, 0], [0, 1]])) : undefined;
   let perplexity: tf.Tensor2D | undefined;
+  let perplexityNorm: tf.Tensor2D | undefined;
+  let refPerplexityNorm: tf.Tensor2D | undefined;
   if (alpha < 1) {
-    if (!pplLogps) throw new Error('per-token log-probs are required for the perplexity when alpha < 1');
-    perplexity = sentencePerplexity(pplLogps, oneHot, tokenCounts);
-    rows.push(tf.neg(perplexity));
-    if (ownRefLogps) rows.push(tf.neg(sentencePerplexity(ownRefLogps, oneHot, tokenCounts)));
+    if (!pplSums) throw new Error('per-slot log-prob sums are required for the perplexity when alpha < 1');
+    perplexity = sentencePerplexity(pplSums, layout);
+    perplexityNorm = normalize(tf.neg(perplexity));
+    if (ownRefSums) refPerplexityNorm = normalize(tf.neg(sentencePerplexity(ownRefSums, layout)));
   }
-  const stacked = minMaxNormalize(tf.stack(rows), present);
-  // Slices rather than tf.unstack, whose gradient fails when some outputs are unused.
-  const normalized = rows.map((_, i) => tf.reshape(tf.slice(stacked, [i, 0, 0], [1, -1, -1]), present.shape) as tf.Tensor2D);
-  const similarityNorm = alpha > 0 ? normalized.shift() : undefined;
   const fuse = (pNorm: tf.Tensor2D | undefined): tf.Tensor2D => {
     if (!pNorm) return similarityNorm!;
     if (!similarityNorm) return pNorm;
     return tf.add(tf.mul(similarityNorm, alpha), tf.mul(pNorm, 1 - alpha));
   };
-  const perplexityNorm = normalized[0];
   const weights = fuse(perplexityNorm);
-  const refWeights = ownRefLogps && alpha < 1 ? fuse(normalized[1]) : weights;
+  const refWeights = refPerplexityNorm ? fuse(refPerplexityNorm) : weights;
   return { present, weights, refWeights, perplexity, perplexityNorm, similarityNorm };
 }
