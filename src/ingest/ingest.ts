@@ -73,6 +73,7 @@ export interface Reject {
 const RAW_LIMIT = 4096;
 export const DEFAULT_BATCH_SIZE = 5000;
 export const DEFAULT_COMMIT_ROWS = 100_000;
+const MAX_QUEUED_BATCHES = 8;
 
 /** A pair ready to store: its content hash and its resolved image. */
 interface ReadyPair extends RawPair {
@@ -153,7 +154,7 @@ async function ingestFile(run: Run, file: string): Promise<void> {
   const format = !options.format || options.format === 'auto' ? await detectFileFormat(source) : options.format;
   const root = path.resolve(options.images ?? path.dirname(source));
   let rows = 0;
-  let writing: Promise<void> = Promise.resolve();
+  const inFlight: Promise<void>[] = [];
   for await (const batch of readRows(source, format, options.batchSize ?? DEFAULT_BATCH_SIZE, run.store)) {
     const rejects: Reject[] = [];
     const pending: { row: SourceRow; pair: RawPair }[] = [];
@@ -176,9 +177,9 @@ async function ingestFile(run: Run, file: string): Promise<void> {
     const images = [...new Map(outcomes.flatMap((o) => (o && !(o instanceof Error) && o.stored ? [[o.sha, o.stored] as const] : []))).values()];
     const rowsSoFar = (rows += batch.rows.length);
     const bytesRead = batch.bytesRead || totalBytes;
-    // One batch is written while the next is read, parsed and decoded; the store sees one write at a time.
-    await writing;
-    writing = writeBatch(run, source, format, ready, images, rejects).then(async (inserted) => {
+    // Writes queue up behind each other (the store sees one at a time) while reading and parsing go on, so that a
+    // commit's disk time overlaps the next batches' parsing. The queue is bounded to keep memory bounded.
+    const write = (inFlight.at(-1) ?? Promise.resolve()).then(() => writeBatch(run, source, format, ready, images, rejects)).then(async (inserted) => {
       run.uncommittedRows += batch.rows.length;
       if (run.uncommittedRows >= (options.commitRows ?? DEFAULT_COMMIT_ROWS)) {
         await run.store.run('COMMIT');
@@ -192,8 +193,11 @@ async function ingestFile(run: Run, file: string): Promise<void> {
       summary.rejected += new Set(rejects.map((r) => r.sourceRow)).size;
       options.onProgress?.({ file, rows: rowsSoFar, bytesRead, totalBytes });
     });
+    write.catch(() => {}); // it is awaited below; this only stops a failure being reported twice
+    inFlight.push(write);
+    if (inFlight.length > MAX_QUEUED_BATCHES) await inFlight.shift();
   }
-  await writing;
+  await Promise.all(inFlight);
 }
 
 /** Reads and hashes an image and, unless it is stored already or being decoded, decodes and validates it. */
