@@ -11,9 +11,29 @@ const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }
     summary: 'read preference datasets (JSON Lines, JSON, Parquet, Arrow IPC) into the store',
     load: async () => (await import('./commands/ingest.js')).command,
   },
+  segment: {
+    summary: 'split responses into sentences with offsets (JSON Lines stdin→stdout, or every pair in --db)',
+    load: async () => (await import('./commands/segment.js')).command,
+  },
+  synth: {
+    summary: 'generate a synthetic world: images, true descriptions, sentence-labelled preference pairs',
+    load: async () => (await import('./commands/synth.js')).command,
+  },
+  score: {
+    summary: 'score each sentence by image–text similarity with a CLIP model (sentence_scores, sentence_weights)',
+    load: async () => (await import('./commands/score.js')).command,
+  },
+  train: {
+    summary: 'train the small vision-language model (--objective sft: the reference model)',
+    load: async () => (await import('./commands/train.js')).command,
+  },
   query: {
     summary: 'run a read-only SQL query against the store and print the result',
     load: async () => (await import('./commands/query.js')).command,
+  },
+  loss: {
+    summary: 'evaluate the sentence-level (ASPO) or DPO loss and its gradients on JSON cases from stdin',
+    load: async () => (await import('./commands/loss.js')).command,
   },
 };
 

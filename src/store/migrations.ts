@@ -2,6 +2,7 @@ import type { Store } from './store.js';
 import { INGEST_SCHEMA } from '../ingest/schema.js';
 import { SEGMENT_SCHEMA } from '../segment/schema.js';
 import { TRAIN_SCHEMA } from '../train/schema.js';
+import { SCORE_SCHEMA } from '../score/schema.js';
 
 export interface Migration {
   version: number;
@@ -18,6 +19,7 @@ export const MIGRATIONS: readonly Migration[] = [
   INGEST_SCHEMA,
   SEGMENT_SCHEMA,
   TRAIN_SCHEMA,
+  SCORE_SCHEMA,
 ];
 
 export async function migrate(store: Store): Promise<void> {
