@@ -20,22 +20,17 @@ import pLimit from 'p-limit';
 import sharp from 'sharp';
 import { DuckDBInstance } from '@duckdb/node-api';
 import { ingest } from '../src/ingest/ingest.js';
+import { Rng } from '../src/util/random.js';
 import { Store } from '../src/store/store.js';
 
 const WORDS = ('the a an image shows there is are two three four small large red blue green yellow square circle triangle ' +
   'left right top bottom centre near far next to above below object objects background white black approx. e.g. ' +
   'it looks like bright dark shape with and of in on').split(' ');
 
-/** Deterministic text from a seeded generator (mulberry32). */
+/** Deterministic text from a seeded generator. */
 function generator(seed: number) {
-  let a = seed >>> 0;
-  const next = () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const rng = new Rng(seed);
+  const next = () => rng.next();
   const sentence = () => {
     const n = 6 + Math.floor(next() * 10);
     const words = Array.from({ length: n }, () => WORDS[Math.floor(next() * WORDS.length)]!);

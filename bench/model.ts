@@ -17,7 +17,7 @@ import { initBackend, tf, type BackendName } from '../src/train/backend.js';
 import { DEFAULT_MODEL_CONFIG, VisionLanguageModel } from '../src/train/model.js';
 import { AdamW } from '../src/train/optimizer.js';
 import { sftLoss, type Batch } from '../src/train/sft.js';
-import { Rng } from '../src/train/random.js';
+import { Rng } from '../src/util/random.js';
 
 const REFERENCE_TOKENS_PER_S = 13_000;
 const BATCH = 32;

@@ -11,6 +11,7 @@
  *
  * Each round builds a fresh store, runs the stage, then replays its model calls; medians over the rounds.
  */
+import { Rng } from '../src/util/random.js';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -24,16 +25,6 @@ import { scoreSimilarity } from '../src/score/stage.js';
 import { encodeOnnxModel, ONNX_FLOAT, ONNX_INT64, type OnnxNode, type OnnxTensor } from '../test/onnx-writer.js';
 import { VOCAB, writeTinyClip } from '../test/clip-fixture.js';
 
-function random(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function weights(name: string, dims: number[], next: () => number): OnnxTensor {
   const n = dims.reduce((a, b) => a * b, 1);
@@ -60,7 +51,8 @@ function mlpBlocks(input: string, prefix: string, layers: number): { nodes: Onnx
 /** The tiny fixture's tokenizer and configs, with CLIP-B/32-sized graphs and preprocessing. */
 function writeComputeClip(dir: string, layers: number): string {
   writeTinyClip(dir);
-  const next = random(1234);
+  const rng = new Rng(1234);
+  const next = () => rng.next();
   const vision = mlpBlocks('patches', 'v', layers);
   writeFileSync(path.join(dir, 'onnx', 'vision_model.onnx'), encodeOnnxModel({
     name: 'clip_b32_compute_vision',
@@ -125,7 +117,8 @@ const NOUNS = ['car', 'dog', 'bench', 'tree', 'lamp', 'cup', 'kite', 'bus', 'sig
 
 /** A store with `images` JPEG photos-sized images (512×384 noise) and one pair each, segmented. */
 async function buildStore(store: Store, images: number, sentences: number): Promise<void> {
-  const next = random(42);
+  const rng = new Rng(42);
+  const next = () => rng.next();
   const pick = <T>(items: T[]): T => items[Math.floor(next() * items.length)]!;
   const sentence = (i: number) => `A photo of a ${pick(COLORS)} ${pick(NOUNS)} number ${i} near the ${pick(COLORS)} square.`;
   for (let i = 0; i < images; i++) {

@@ -6,6 +6,7 @@
  *
  *   npx tsc -p . && node dist/bench/segment.js [--mb 10] [--rounds 3] [--pairs 20000]
  */
+import { Rng } from '../src/util/random.js';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -18,17 +19,6 @@ import { withStore } from '../src/store/store.js';
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 const GOLDEN = path.resolve(ROOT, '..', 'shared', 'data', 'golden-rules', 'golden_en_48.json');
 
-/** Deterministic PRNG (mulberry32), so every run segments the same corpus. */
-function random(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const OBJECTS = ['dog', 'cat', 'red car', 'wooden bench', 'traffic light', 'bicycle', 'laptop', 'coffee mug', 'street sign',
   'umbrella', 'vase of flowers', 'double-decker bus', 'kite', 'sandwich', 'clock tower', 'fire hydrant'];
@@ -68,7 +58,8 @@ function response(next: () => number): string {
 }
 
 function corpus(megabytes: number): string[] {
-  const next = random(20250519);
+  const rng = new Rng(20250519);
+  const next = () => rng.next();
   const docs: string[] = [];
   let size = 0;
   while (size < megabytes * 1e6) {

@@ -5,7 +5,7 @@ import {
   causalSoftmax, dense, DEFAULT_MODEL_CONFIG, gelu, layerNorm, layoutBatch, matMulFast, neighbourhoods3x3, parameterShapes, VisionLanguageModel, type ModelConfig,
 } from '../src/train/model.js';
 import { BOS_ID, EOS_ID } from '../src/train/tokenizer.js';
-import { Rng } from '../src/train/random.js';
+import { Rng } from '../src/util/random.js';
 
 before(async () => {
   await initBackend('auto');

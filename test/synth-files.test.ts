@@ -5,7 +5,7 @@ import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import sharp from 'sharp';
 import { judgeSentence } from '../src/synth/judge.js';
-import { deriveSeed, Rng } from '../src/synth/random.js';
+import { deriveSeed, Rng } from '../src/util/random.js';
 import { renderScene } from '../src/synth/render.js';
 import { loadScenes, synthesize } from '../src/synth/synthesize.js';
 import { BACKGROUND, COLOURS, COLUMNS, ROWS, sampleScene, type Scene } from '../src/synth/world.js';

@@ -4,7 +4,7 @@ import { CLAIM_KINDS, evaluateClaim, hallucinate, trueClaims } from '../src/synt
 import { planDataset, type DatasetOptions, type PairRecord } from '../src/synth/dataset.js';
 import { layOut, type ResponseFormat } from '../src/synth/describe.js';
 import { judgeResponse, judgeSentence, splitResponse } from '../src/synth/judge.js';
-import { deriveSeed, Rng } from '../src/synth/random.js';
+import { deriveSeed, Rng } from '../src/util/random.js';
 import { resolveSynthOptions } from '../src/synth/synthesize.js';
 import { parseSentence, renderClaim, TEMPLATES, templatesFor } from '../src/synth/templates.js';
 import { cellCentre, corruptScene, sampleScene, sceneKey, type Scene } from '../src/synth/world.js';

@@ -1,4 +1,4 @@
-import type { Rng } from './random.js';
+import type { Rng } from '../util/random.js';
 import {
   COLOUR_NAMES, COLUMNS, ROWS, SHAPES, SIZES,
   type Colour, type Column, type Row, type Scene, type SceneObject, type Shape, type Size,

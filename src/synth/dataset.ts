@@ -2,7 +2,7 @@ import { hallucinate, trueClaims, type Claim, type ClaimKind } from './claims.js
 import {
   addHallucinations, judgeable, planClaims, realise, sampleFormat, samplePrompt, type LabelledSpan, type Prompt,
 } from './describe.js';
-import { deriveSeed, Rng } from './random.js';
+import { deriveSeed, Rng } from '../util/random.js';
 import { renderClaim, templatesFor } from './templates.js';
 import { corruptScene, sampleScene, sceneKey, type Corruption, type Scene } from './world.js';
 

@@ -1,5 +1,5 @@
 import { evaluateClaim, hallucinate, objectClaims, trueClaims, type Claim } from './claims.js';
-import type { Rng } from './random.js';
+import type { Rng } from '../util/random.js';
 import { renderClaim, templatesFor } from './templates.js';
 import type { Colour, Scene, SceneObject, Shape } from './world.js';
 

@@ -1,4 +1,4 @@
-import type { Rng } from './random.js';
+import type { Rng } from '../util/random.js';
 
 /** The world's vocabulary: every attribute a sentence can state, and so get wrong. */
 export const SHAPES = ['circle', 'square', 'triangle', 'diamond', 'cross'] as const;

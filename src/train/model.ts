@@ -11,7 +11,7 @@
  */
 import { tf } from './backend.js';
 import { BOS_ID, EOS_ID, PAD_ID } from './tokenizer.js';
-import { Rng } from './random.js';
+import { Rng } from '../util/random.js';
 
 export interface ModelConfig {
   vocabSize: number;

@@ -12,7 +12,7 @@ import { DEFAULT_MODEL_CONFIG, textContext, VisionLanguageModel, type ModelConfi
 import { AdamW, DEFAULT_ADAMW } from './optimizer.js';
 import { loadCheckpoint, saveCheckpoint } from './checkpoint.js';
 import { loadImagePixels, stackImages } from './images.js';
-import { hashSeed, Rng } from './random.js';
+import { deriveSeed, Rng } from '../util/random.js';
 import { newRunId, type MetricsSink } from './metrics.js';
 
 /** One training row; `image` is an absolute path or null (text only). */
@@ -217,7 +217,7 @@ export function batchIndices(step: number, rowCount: number, batchSize: number, 
   const perEpoch = Math.floor(rowCount / size);
   const epoch = Math.floor(step / perEpoch);
   const k = step % perEpoch;
-  return new Rng(hashSeed(seed, epoch)).permutation(rowCount).slice(k * size, (k + 1) * size);
+  return new Rng(deriveSeed(seed, 'epoch', epoch)).shuffle(Array.from({ length: rowCount }, (_, i) => i)).slice(k * size, (k + 1) * size);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -294,7 +294,7 @@ export class SftTrainer {
   static async create(options: SftOptions, data: SftData, runId = newRunId('sft')): Promise<SftTrainer> {
     const tokenizer = Tokenizer.build(data.train.flatMap((e) => [e.prompt, e.response]), { vocabSize: options.vocabSize });
     const config: ModelConfig = { ...options.model, vocabSize: tokenizer.vocabSize };
-    const model = VisionLanguageModel.init(config, hashSeed(options.seed, 1));
+    const model = VisionLanguageModel.init(config, deriveSeed(options.seed, 'init'));
     const optimizer = new AdamW(model.weights, { ...DEFAULT_ADAMW, weightDecay: options.weightDecay, clipNorm: options.clipNorm });
     const images = await loadImages([...data.train, ...(data.eval ?? [])].map((e) => e.image), config.imageSize);
     const rowsPerStep = Math.min(options.batchSize, data.train.length);

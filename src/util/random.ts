@@ -1,6 +1,7 @@
 /**
- * A small seeded pseudo-random generator (mulberry32) so that a synthetic world is reproducible from `--seed`
- * alone, independent of Node's Math.random and of the order in which asynchronous work finishes.
+ * The toolkit's one seeded pseudo-random generator (mulberry32): synthetic worlds, weight initialisation, data order
+ * and sampling are pure functions of their seed, independent of Math.random, the backend, and the order in which
+ * asynchronous work finishes.
  */
 export class Rng {
   private state: number;
@@ -35,6 +36,13 @@ export class Rng {
   pick<T>(items: readonly T[]): T {
     if (items.length === 0) throw new Error('Rng.pick: empty list');
     return items[this.int(items.length)]!;
+  }
+
+  /** Standard normal (Box–Muller). */
+  normal(): number {
+    const u = 1 - this.next();
+    const v = this.next();
+    return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * v);
   }
 
   /** A shuffled copy (Fisher–Yates). */
