@@ -31,6 +31,9 @@ export interface IngestOptions {
   /** Rows per transaction. Larger is faster (DuckDB writes big transactions straight to the file, small ones through
    *  its log); a killed run redoes at most this many rows. */
   commitRows?: number;
+  /** DuckDB's memory limit while ingesting (default 256MB; its own default, 80% of RAM, lets a large load grow its
+   *  buffer pool far beyond what the load needs). Restored afterwards. */
+  duckdbMemory?: string;
   /** Images read and decoded at once. */
   concurrency?: number;
   onProgress?: (event: ProgressEvent) => void;
@@ -73,7 +76,8 @@ export interface Reject {
 const RAW_LIMIT = 4096;
 export const DEFAULT_BATCH_SIZE = 5000;
 export const DEFAULT_COMMIT_ROWS = 100_000;
-const MAX_QUEUED_BATCHES = 8;
+const MAX_QUEUED_BATCHES = 2;
+export const DEFAULT_DUCKDB_MEMORY = '256MB';
 
 /** A pair ready to store: its content hash and its resolved image. */
 interface ReadyPair extends RawPair {
@@ -112,6 +116,8 @@ export async function ingest(store: Store, files: readonly string[], options: In
     limit: pLimit(options.concurrency ?? Math.max(2, os.availableParallelism() * 2)),
     uncommittedRows: 0,
   };
+  const memoryLimit = await store.scalar<string>("SELECT current_setting('memory_limit')");
+  await store.run(`SET memory_limit = '${(options.duckdbMemory ?? DEFAULT_DUCKDB_MEMORY).replace(/'/g, '')}'`);
   await store.run('BEGIN TRANSACTION');
   try {
     for (const file of files) await ingestFile(run, file);
@@ -119,6 +125,8 @@ export async function ingest(store: Store, files: readonly string[], options: In
   } catch (error) {
     await store.run('ROLLBACK');
     throw error;
+  } finally {
+    await store.run(`SET memory_limit = '${memoryLimit}'`);
   }
   run.summary.seconds = (performance.now() - started) / 1000;
   return run.summary;

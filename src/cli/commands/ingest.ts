@@ -17,6 +17,7 @@ export const command: Command = {
   --max-pixels N      refuse images with more pixels (default 64000000)
   --batch-size N      rows read and written at a time (default 5000)
   --commit-rows N     rows per transaction (default 100000); a killed run redoes at most this many
+  --duckdb-memory M   DuckDB's memory limit while ingesting (default 256MB)
   --strict            exit with status 3 if any row was rejected
 
 Rejected rows are kept in the rejects table with the reason:
@@ -33,6 +34,7 @@ Rejected rows are kept in the rejects table with the reason:
       'max-pixels': { type: 'string' },
       'batch-size': { type: 'string' },
       'commit-rows': { type: 'string' },
+      'duckdb-memory': { type: 'string' },
       strict: { type: 'boolean', default: false },
     }, true);
     if (!positionals.length) throw new UsageError('give at least one dataset file');
@@ -52,6 +54,7 @@ Rejected rows are kept in the rejects table with the reason:
       maxPixels: values['max-pixels'] === undefined ? undefined : numberOption(values['max-pixels'], 'max-pixels', 0),
       batchSize: numberOption(values['batch-size'], 'batch-size', DEFAULT_BATCH_SIZE),
       commitRows: numberOption(values['commit-rows'], 'commit-rows', DEFAULT_COMMIT_ROWS),
+      duckdbMemory: values['duckdb-memory'],
       onProgress: ({ rows, bytesRead, totalBytes }) => {
         progress.tick(rows - lastRows, `${(bytesRead / 1e6).toFixed(1)}/${(totalBytes / 1e6).toFixed(1)} MB`);
         lastRows = rows;
