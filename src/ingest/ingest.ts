@@ -77,6 +77,7 @@ const RAW_LIMIT = 4096;
 export const DEFAULT_BATCH_SIZE = 5000;
 export const DEFAULT_COMMIT_ROWS = 100_000;
 const MAX_QUEUED_BATCHES = 2;
+const IMAGE_CHUNK = 128;
 export const DEFAULT_DUCKDB_MEMORY = '256MB';
 
 /** A pair ready to store: its content hash and its resolved image. */
@@ -104,7 +105,6 @@ function rawText(row: SourceRow): string {
 
 export async function ingest(store: Store, files: readonly string[], options: IngestOptions = {}): Promise<IngestSummary> {
   const started = performance.now();
-  await store.run('CREATE TEMP TABLE IF NOT EXISTS stage_images AS SELECT * FROM images LIMIT 0');
   await store.run('CREATE TEMP TABLE IF NOT EXISTS stage_rejects AS SELECT * FROM rejects LIMIT 0');
   const ids = async (sql: string) => new Set(((await store.connection.runAndReadAll(sql)).getColumnsJS()[0] ?? []) as string[]);
   const run: Run = {
@@ -180,30 +180,38 @@ async function ingestFile(run: Run, file: string): Promise<void> {
         rejects.push({ source, sourceRow: row.row, field: error.field, reason: error.message, raw: rawText(row) });
       }
     }
-    const outcomes = await Promise.all(pending.map(({ pair }) => (pair.image ? resolveImage(run, pair.image, root) : null)));
-    const ready = readyPairs(run, pending, outcomes, rejects, source);
-    const images = [...new Map(outcomes.flatMap((o) => (o && !(o instanceof Error) && o.stored ? [[o.sha, o.stored] as const] : []))).values()];
-    const rowsSoFar = (rows += batch.rows.length);
-    const bytesRead = batch.bytesRead || totalBytes;
-    // Writes queue up behind each other (the store sees one at a time) while reading and parsing go on, so that a
-    // commit's disk time overlaps the next batches' parsing. The queue is bounded to keep memory bounded.
-    const write = (inFlight.at(-1) ?? Promise.resolve()).then(() => writeBatch(run, source, format, ready, images, rejects)).then(async (inserted) => {
-      run.uncommittedRows += batch.rows.length;
-      if (run.uncommittedRows >= (options.commitRows ?? DEFAULT_COMMIT_ROWS)) {
-        await run.store.run('COMMIT');
-        await run.store.run('BEGIN TRANSACTION');
-        run.uncommittedRows = 0;
-      }
-      summary.read += batch.rows.length;
-      summary.ingested += inserted.pairs;
-      summary.newImages += inserted.images;
-      summary.duplicates += ready.length - inserted.pairs;
-      summary.rejected += new Set(rejects.map((r) => r.sourceRow)).size;
-      options.onProgress?.({ file, rows: rowsSoFar, bytesRead, totalBytes });
-    });
-    write.catch(() => {}); // it is awaited below; this only stops a failure being reported twice
-    inFlight.push(write);
-    if (inFlight.length > MAX_QUEUED_BATCHES) await inFlight.shift();
+    // Rows with images go through in smaller chunks, so that one chunk is written while the next is decoded.
+    const chunkSize = pending.some(({ pair }) => pair.image) ? IMAGE_CHUNK : Math.max(pending.length, 1);
+    for (let from = 0; from === 0 || from < pending.length; from += chunkSize) {
+      const chunk = pending.slice(from, from + chunkSize);
+      const last = from + chunkSize >= pending.length;
+      const chunkRejects = from === 0 ? rejects : [];
+      const outcomes = await Promise.all(chunk.map(({ pair }) => (pair.image ? resolveImage(run, pair.image, root) : null)));
+      const ready = readyPairs(run, chunk, outcomes, chunkRejects, source);
+      const images = [...new Map(outcomes.flatMap((o) => (o && !(o instanceof Error) && o.stored ? [[o.sha, o.stored] as const] : []))).values()];
+      const rowsRead = last ? batch.rows.length : 0;
+      const rowsSoFar = (rows += rowsRead);
+      const bytesRead = batch.bytesRead || totalBytes;
+      // Writes queue up behind each other (the store sees one at a time) while reading, parsing and decoding go on,
+      // so a commit's disk time overlaps the next batches' work. The queue is short to keep memory bounded.
+      const write = (inFlight.at(-1) ?? Promise.resolve()).then(() => writeBatch(run, source, format, ready, images, chunkRejects)).then(async (inserted) => {
+        run.uncommittedRows += rowsRead;
+        if (run.uncommittedRows >= (options.commitRows ?? DEFAULT_COMMIT_ROWS)) {
+          await run.store.run('COMMIT');
+          await run.store.run('BEGIN TRANSACTION');
+          run.uncommittedRows = 0;
+        }
+        summary.read += rowsRead;
+        summary.ingested += inserted.pairs;
+        summary.newImages += inserted.images;
+        summary.duplicates += ready.length - inserted.pairs;
+        summary.rejected += new Set(chunkRejects.map((r) => r.sourceRow)).size;
+        if (last) options.onProgress?.({ file, rows: rowsSoFar, bytesRead, totalBytes });
+      });
+      write.catch(() => {}); // it is awaited below; this only stops a failure being reported twice
+      inFlight.push(write);
+      if (inFlight.length > MAX_QUEUED_BATCHES) await inFlight.shift();
+    }
   }
   await Promise.all(inFlight);
 }
@@ -270,10 +278,10 @@ async function writeBatch(run: Run, source: string, format: string, ready: Ready
   Promise<{ pairs: number; images: number }> {
   const { store, knownPairs, knownImages } = run;
   const fresh = ready.filter((p) => !knownPairs.has(p.pairId) && knownPairs.add(p.pairId));
-  await store.append('stage_images', ['varchar', 'varchar', 'integer', 'integer', 'integer', 'integer', 'varchar', 'bigint', 'blob', 'varchar'],
-    images.map((im) => [im.imageId, im.sha256, im.width, im.height, im.origWidth, im.origHeight, im.format, im.bytes.length, im.bytes, im.origin]), true);
-  const newImages = images.length ? (await store.connection.run('INSERT OR IGNORE INTO images SELECT * FROM stage_images')).rowsChanged : 0;
-  if (images.length) await store.run('DELETE FROM stage_images');
+  // An image decoded for one chunk can come back in a later chunk still queued behind it.
+  const newImages = images.filter((im) => !knownImages.has(im.imageId));
+  await store.append('images', ['varchar', 'varchar', 'integer', 'integer', 'integer', 'integer', 'varchar', 'bigint', 'blob', 'varchar'],
+    newImages.map((im) => [im.imageId, im.sha256, im.width, im.height, im.origWidth, im.origHeight, im.format, im.bytes.length, im.bytes, im.origin]));
   await store.append('pairs', ['varchar', 'varchar', 'bigint', 'varchar', 'varchar', 'varchar', 'varchar', 'varchar', 'varchar'],
     fresh.map((p) => [p.pairId, source, p.sourceRow, format, p.prompt, p.chosen, p.rejected, p.imageId,
       Object.keys(p.meta).length ? JSON.stringify(p.meta) : null]));
@@ -291,5 +299,5 @@ async function writeBatch(run: Run, source: string, format: string, ready: Ready
     knownImages.add(image.imageId);
     run.decoding.delete(image.imageId);
   }
-  return { pairs: fresh.length, images: Number(newImages) };
+  return { pairs: fresh.length, images: newImages.length };
 }
