@@ -153,12 +153,11 @@ type ImageOutcome = { sha: string; stored?: StoredImage } | ImageError | null;
 async function ingestFile(run: Run, file: string): Promise<void> {
   const { options, summary } = run;
   const source = path.resolve(file);
-  let totalBytes: number;
-  try {
-    totalBytes = (await stat(source)).size;
-  } catch {
+  const info = await stat(source).catch(() => {
     throw new Error(`${file}: no such file`);
-  }
+  });
+  if (!info.isFile()) throw new Error(`${file}: not a file; give the dataset files themselves (e.g. ${path.join(file, '*.jsonl')})`);
+  const totalBytes = info.size;
   const format = !options.format || options.format === 'auto' ? await detectFileFormat(source) : options.format;
   const root = path.resolve(options.images ?? path.dirname(source));
   let rows = 0;
