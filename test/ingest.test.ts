@@ -300,6 +300,11 @@ test('aspo ingest --strict fails on rejected rows and prints a summary line', as
   assert.equal(result.stdout, '');
   const query = spawnSync(process.execPath, [CLI, 'query', "SELECT field, reason FROM rejects", '--db', path.join(dir, 's.duckdb'), '--format', 'json'], { encoding: 'utf8' });
   assert.equal(JSON.parse(query.stdout.trim()).field, 'chosen');
+  for (const [target, message] of [[dir, /not a file/], [path.join(dir, 'nope.jsonl'), /no such file/]] as const) {
+    const bad = spawnSync(process.execPath, [CLI, 'ingest', target, '--db', path.join(dir, 's.duckdb')], { encoding: 'utf8' });
+    assert.equal(bad.status, 1);
+    assert.match(bad.stderr, message);
+  }
 });
 
 test('real data: the 500 RLHF-V pairs with annotator spans and the M-HalDetect subset', { skip: !sharedPath('data', 'mhalo', 'derived') && 'shared/data/mhalo absent' }, async () => {
