@@ -88,8 +88,9 @@ interface ReadyPair extends RawPair {
 }
 
 /**
- * The first 32 hex digits of sha256 over the length-prefixed UTF-8 of (prompt, chosen, rejected, image), where the
- * image is its sha256, "" for a text-only pair, or "missing:<path>" for a pair kept without its missing image file.
+ * The first 32 hex digits of sha256 over the UTF-8 of `${part.length}:${part}` for each of prompt, chosen, rejected
+ * and image in turn (length in UTF-16 code units, as JavaScript counts), where the image is its sha256, "" for a
+ * text-only pair, or "missing:<path>" for a pair kept without its missing image file.
  */
 export function pairId(prompt: string, chosen: string, rejected: string, image: string | null): string {
   const hash = createHash('sha256');
