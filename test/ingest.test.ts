@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import sharp from 'sharp';
@@ -61,6 +62,10 @@ test('TRL rows: plain strings and conversational messages, with image paths and 
   const image = await store.one<{ width: number; height: number; format: string }>('SELECT width, height, format FROM images');
   assert.deepEqual(image, { width: 8, height: 8, format: 'png' });
   assert.equal(rows[0]!.pair_id, pairId('What colour is the square?', 'It is red.', 'It is green.', sha256Hex(red)));
+  // The documented encoding, computed independently: "<UTF-16 length>:<text>" per part, sha256, first 32 hex digits.
+  const encoded = ['What colour is the square?', 'It is red.', 'It is green.', sha256Hex(red)].map((p) => `${p.length}:${p}`).join('');
+  assert.equal(rows[0]!.pair_id, createHash('sha256').update(encoded, 'utf8').digest('hex').slice(0, 32));
+  assert.equal(pairId('é🙂', 'a', 'b', null), createHash('sha256').update('3:é🙂1:a1:b0:', 'utf8').digest('hex').slice(0, 32));
   store.close();
 });
 
