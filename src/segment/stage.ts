@@ -1,4 +1,3 @@
-import type { DuckDBAppender } from '@duckdb/node-api';
 import type { Store } from '../store/store.js';
 import { diffSentences, loadDiceSimilarity, type DiffOptions, type Similarity } from './diff.js';
 import { segment } from './segment.js';
@@ -73,18 +72,12 @@ export async function segmentStage(store: Store, options: SegmentStageOptions = 
     if (batch.length === 0) break;
     const perPair = batch.map((pair) => ({ pairId: pair.pair_id, rows: pairSentenceRows(pair.chosen, pair.rejected, similarity, options) }));
     await store.transaction(async () => {
-      const sentences = await store.connection.createAppender('sentences');
-      const done = await store.connection.createAppender('segmented_pairs');
-      for (const { pairId, rows } of perPair) {
-        for (const row of rows) appendSentence(sentences, pairId, row);
-        done.appendVarchar(pairId);
-        done.appendInteger(rows.filter((r) => r.side === 'chosen').length);
-        done.appendInteger(rows.filter((r) => r.side === 'rejected').length);
-        done.appendInteger(rows.filter((r) => r.side === 'chosen' && r.shared).length);
-        done.endRow();
-      }
-      sentences.closeSync();
-      done.closeSync();
+      await store.append('sentences', ['varchar', 'varchar', 'integer', 'integer', 'integer', 'varchar', 'integer', 'double', 'boolean'],
+        perPair.flatMap(({ pairId, rows }) => rows.map((r) => [pairId, r.side, r.idx, r.start, r.end, r.text, r.matchIdx, r.matchScore, r.shared])));
+      await store.append('segmented_pairs', ['varchar', 'integer', 'integer', 'integer'], perPair.map(({ pairId, rows }) => [pairId,
+        rows.filter((r) => r.side === 'chosen').length,
+        rows.filter((r) => r.side === 'rejected').length,
+        rows.filter((r) => r.side === 'chosen' && r.shared).length]));
     });
     for (const { rows } of perPair) {
       result.sentences += rows.length;
@@ -95,19 +88,4 @@ export async function segmentStage(store: Store, options: SegmentStageOptions = 
     options.onBatch?.({ pairs: result.pairs, sentences: result.sentences, total });
   }
   return result;
-}
-
-function appendSentence(appender: DuckDBAppender, pairId: string, row: SentenceRow): void {
-  appender.appendVarchar(pairId);
-  appender.appendVarchar(row.side);
-  appender.appendInteger(row.idx);
-  appender.appendInteger(row.start);
-  appender.appendInteger(row.end);
-  appender.appendVarchar(row.text);
-  if (row.matchIdx === null) appender.appendNull();
-  else appender.appendInteger(row.matchIdx);
-  if (row.matchScore === null) appender.appendNull();
-  else appender.appendDouble(row.matchScore);
-  appender.appendBoolean(row.shared);
-  appender.endRow();
 }
