@@ -32,3 +32,4 @@ export { TRAIN_SCHEMA } from './train/schema.js';
 export { ClipEncoder, ClipModelError, CLIP_MODEL_FILES, clipModelId, checkModelFolder, fitToContext, normalizeRows, onnxRuntimeHasCuda, type ClipDevice, type ClipLoadOptions, type TextBatch, type PreprocessedImages } from './score/clip.js';
 export { scoreSimilarity, scoreStore, DEFAULT_SCORE_BATCH_SIZE, DEFAULT_COMMIT_SENTENCES, type ScoreOptions, type ScoreSummary } from './score/stage.js';
 export { SCORE_SCHEMA } from './score/schema.js';
+export { scoreReference, loadReferenceModel, sentenceLogProbs, perplexity, groundingGain, DEFAULT_REF_BATCH_SIZE, type ReferenceModel, type ReferenceSignal, type ReferenceScoreOptions, type ReferenceScoreSummary, type SentenceLogProb } from './score/perplexity.js';

@@ -1,69 +1,134 @@
-import { withStore } from '../../store/store.js';
+import { withStore, type Store } from '../../store/store.js';
 import { ClipEncoder, ClipModelError, type ClipDevice } from '../../score/clip.js';
 import { DEFAULT_COMMIT_SENTENCES, DEFAULT_SCORE_BATCH_SIZE, scoreSimilarity } from '../../score/stage.js';
+import { DEFAULT_REF_BATCH_SIZE, loadReferenceModel, scoreReference, type ReferenceModel, type ReferenceSignal } from '../../score/perplexity.js';
+import { BACKENDS, initBackend, type BackendName } from '../../train/backend.js';
 import { Progress } from '../progress.js';
 import { DB_OPTION, numberOption, parse, UsageError, type Command } from '../command.js';
 
 const DEVICES: readonly ClipDevice[] = ['auto', 'cpu', 'cuda'];
+const SIMILARITIES = ['clip', 'grounding'] as const;
 
 export const command: Command = {
-  usage: 'aspo score --db PATH --clip MODEL [--device auto|cpu|cuda] [--batch-size N] [--commit-sentences N]\n\n' +
-    '  Scores every sentence of every pair with an image (run `aspo segment --db` first) by the cosine similarity of\n' +
-    '  the image and the sentence under a CLIP-style dual encoder, into `sentence_scores`; `sentence_weights` then\n' +
-    '  gives the sentence-level (ASPO) weights. MODEL is a Hugging Face model id in transformers.js layout (e.g.\n' +
-    '  Xenova/clip-vit-base-patch32; downloaded and cached where the network allows) or a local folder in that layout\n' +
-    '  (config.json, preprocessor_config.json, tokenizer.json, tokenizer_config.json, onnx/vision_model.onnx,\n' +
-    '  onnx/text_model.onnx). Incremental: sentences already scored with MODEL are skipped, and identical (image,\n' +
-    `  sentence) pairs are computed once (similarity_cache). --batch-size: images and texts per model call (default ${DEFAULT_SCORE_BATCH_SIZE}).\n` +
-    `  --commit-sentences: sentences per transaction (default ${DEFAULT_COMMIT_SENTENCES}); a killed run redoes at most these.\n` +
-    '  --device auto uses CUDA when onnxruntime-node has it, else the CPU.',
+  usage: 'aspo score --db PATH [--clip MODEL] [--ref CHECKPOINT] [--similarity clip|grounding] [--device auto|cpu|cuda]\n' +
+    '           [--backend auto|wasm|cpu|tensorflow|tensorflow-gpu] [--batch-size N] [--commit-sentences N]\n\n' +
+    '  Scores the sentences of every pair (run `aspo segment --db` first) into `sentence_scores`; `sentence_weights`\n' +
+    '  then gives the sentence-level (ASPO) weights.\n' +
+    '  --clip MODEL: similarity = cosine of the image and the sentence under a CLIP-style dual encoder (pairs with an\n' +
+    '  image). MODEL is a Hugging Face model id in transformers.js layout (e.g. Xenova/clip-vit-base-patch32; downloaded\n' +
+    '  and cached where the network allows) or a local folder in that layout (config.json, preprocessor_config.json,\n' +
+    '  tokenizer.json, tokenizer_config.json, onnx/vision_model.onnx, onnx/text_model.onnx). Identical (image,\n' +
+    '  sentence) pairs are computed once (similarity_cache). --device auto uses CUDA when onnxruntime-node has it.\n' +
+    '  --ref CHECKPOINT: perplexity of each sentence in context (and the sums of reference log-probs per sentence)\n' +
+    '  under the toolkit\'s own model (a checkpoint folder of `aspo train`), for every pair; text-only pairs run\n' +
+    '  without an image. Responses longer than the model\'s context are counted and skipped, never truncated.\n' +
+    '  --similarity grounding (needs --ref): similarity = mean per-token log-prob gain of the sentence with its image\n' +
+    '  over without, under the --ref model (pairs with an image). --similarity clip (the default) needs --clip.\n' +
+    '  Incremental: sentences already scored with the same model are skipped.\n' +
+    `  --batch-size: images and texts (CLIP, default ${DEFAULT_SCORE_BATCH_SIZE}) or responses (--ref, default ${DEFAULT_REF_BATCH_SIZE}) per model call.\n` +
+    `  --commit-sentences (CLIP): sentences per transaction (default ${DEFAULT_COMMIT_SENTENCES}); a killed run redoes at most these.\n` +
+    '  With --ref, each batch is one transaction. --backend: the TensorFlow.js backend for --ref (default auto).',
   async run(argv) {
     const { values } = parse(argv, {
       ...DB_OPTION,
       clip: { type: 'string' },
+      ref: { type: 'string' },
+      similarity: { type: 'string' },
       device: { type: 'string', default: 'auto' },
+      backend: { type: 'string', default: 'auto' },
       'batch-size': { type: 'string' },
       'commit-sentences': { type: 'string' },
     });
-    if (!values.clip) throw new UsageError('--clip MODEL is required (a Hugging Face model id or a local model folder)');
+    const similarity = values.similarity ?? (values.clip ? 'clip' : undefined);
+    if (similarity !== undefined && !(SIMILARITIES as readonly string[]).includes(similarity)) {
+      throw new UsageError(`--similarity must be one of ${SIMILARITIES.join(', ')}, got "${similarity}"`);
+    }
+    if (similarity === 'clip' && !values.clip) throw new UsageError('--similarity clip needs --clip MODEL');
+    if (similarity === 'grounding' && !values.ref) throw new UsageError('--similarity grounding needs --ref CHECKPOINT');
+    if (!values.clip && !values.ref) {
+      throw new UsageError('--clip MODEL is required (a Hugging Face model id or a local model folder) unless --ref CHECKPOINT is given');
+    }
+    if (similarity === 'grounding' && values.clip) throw new UsageError('--clip and --similarity grounding both write the similarity; pick one');
     const device = values.device as ClipDevice;
     if (!DEVICES.includes(device)) throw new UsageError(`--device must be one of ${DEVICES.join(', ')}, got "${values.device}"`);
-    const batchSize = numberOption(values['batch-size'], 'batch-size', DEFAULT_SCORE_BATCH_SIZE);
+    const backend = values.backend as BackendName;
+    if (backend !== 'auto' && !BACKENDS.includes(backend)) throw new UsageError(`--backend must be auto or one of ${BACKENDS.join(', ')}`);
+    const batchSize = numberOption(values['batch-size'], 'batch-size', values.clip ? DEFAULT_SCORE_BATCH_SIZE : DEFAULT_REF_BATCH_SIZE);
     if (!Number.isInteger(batchSize) || batchSize < 1) throw new UsageError('--batch-size must be a positive integer');
     const commitSentences = numberOption(values['commit-sentences'], 'commit-sentences', DEFAULT_COMMIT_SENTENCES);
     if (!Number.isInteger(commitSentences) || commitSentences < 1) throw new UsageError('--commit-sentences must be a positive integer');
 
-    let encoder: ClipEncoder;
-    try {
-      encoder = await ClipEncoder.load(values.clip, { device });
-    } catch (error) {
-      if (error instanceof ClipModelError) throw new UsageError(error.message);
-      throw error;
+    let ref: ReferenceModel | undefined;
+    if (values.ref) {
+      await initBackend(backend);
+      try {
+        ref = await loadReferenceModel(values.ref);
+      } catch (error) {
+        throw new UsageError(`--ref: ${(error as Error).message}`);
+      }
+    }
+    let encoder: ClipEncoder | undefined;
+    if (values.clip) {
+      try {
+        encoder = await ClipEncoder.load(values.clip, { device });
+      } catch (error) {
+        if (error instanceof ClipModelError) throw new UsageError(error.message);
+        throw error;
+      }
     }
     try {
       await withStore(values.db, async (store) => {
-        let progress = new Progress({ label: 'score', unit: 'sentences' });
-        let reported = 0;
-        const s = await scoreSimilarity(store, encoder, {
-          batchSize,
-          commitSentences,
-          onStart: ({ pending }) => { progress = new Progress({ label: 'score', unit: 'sentences', total: pending }); },
-          onBatch: ({ sentences }) => {
-            progress.tick(sentences - reported);
-            reported = sentences;
-          },
-        });
-        const rate = s.sentences / Math.max(s.seconds, 1e-9);
-        progress.done(`${s.sentences} sentences scored with ${s.model} on ${s.device} in ${s.seconds.toFixed(1)} s ` +
-          `(${rate.toFixed(1)} sentences/s, ${s.modelSeconds.toFixed(1)} s in the model): ${s.cacheHits} from the cache, ` +
-          `${s.images} images and ${s.texts} distinct texts encoded, ${s.truncated} texts cut to the text encoder's ` +
-          `${encoder.contextLength}-token context, ${s.imageErrors} with an undecodable image; ${s.alreadyDone} already ` +
-          `scored; ${s.textOnlySentences} sentences of ${s.textOnlyPairs} text-only pairs skipped` +
-          (s.unsegmentedPairs ? `; ${s.unsegmentedPairs} pairs not segmented yet (run \`aspo segment --db\`)` : ''));
+        if (encoder) await scoreClip(store, encoder, batchSize, commitSentences);
+        if (ref) {
+          await scoreWithReference(store, ref, 'perplexity', batchSize);
+          if (similarity === 'grounding') await scoreWithReference(store, ref, 'grounding', batchSize);
+        }
       });
     } finally {
-      await encoder.dispose();
+      await encoder?.dispose();
+      ref?.model.dispose();
     }
     return 0;
   },
 };
+
+async function scoreClip(store: Store, encoder: ClipEncoder, batchSize: number, commitSentences: number): Promise<void> {
+  let progress = new Progress({ label: 'score', unit: 'sentences' });
+  let reported = 0;
+  const s = await scoreSimilarity(store, encoder, {
+    batchSize,
+    commitSentences,
+    onStart: ({ pending }) => { progress = new Progress({ label: 'score', unit: 'sentences', total: pending }); },
+    onBatch: ({ sentences }) => {
+      progress.tick(sentences - reported);
+      reported = sentences;
+    },
+  });
+  const rate = s.sentences / Math.max(s.seconds, 1e-9);
+  progress.done(`${s.sentences} sentences scored with ${s.model} on ${s.device} in ${s.seconds.toFixed(1)} s ` +
+    `(${rate.toFixed(1)} sentences/s, ${s.modelSeconds.toFixed(1)} s in the model): ${s.cacheHits} from the cache, ` +
+    `${s.images} images and ${s.texts} distinct texts encoded, ${s.truncated} texts cut to the text encoder's ` +
+    `${encoder.contextLength}-token context, ${s.imageErrors} with an undecodable image; ${s.alreadyDone} already ` +
+    `scored; ${s.textOnlySentences} sentences of ${s.textOnlyPairs} text-only pairs skipped` +
+    (s.unsegmentedPairs ? `; ${s.unsegmentedPairs} pairs not segmented yet (run \`aspo segment --db\`)` : ''));
+}
+
+async function scoreWithReference(store: Store, ref: ReferenceModel, signal: ReferenceSignal, batchSize: number): Promise<void> {
+  const label = signal === 'grounding' ? 'grounding' : 'perplexity';
+  let progress = new Progress({ label, unit: 'responses' });
+  let reported = 0;
+  const s = await scoreReference(store, ref, signal, {
+    batchSize,
+    onStart: ({ pendingResponses }) => { progress = new Progress({ label, unit: 'responses', total: pendingResponses }); },
+    onBatch: ({ responses }) => {
+      progress.tick(responses - reported);
+      reported = responses;
+    },
+  });
+  const rate = s.sentences / Math.max(s.seconds, 1e-9);
+  progress.done(`${s.sentences} sentences of ${s.responses} responses scored with ${s.model} in ` +
+    `${s.seconds.toFixed(1)} s (${rate.toFixed(1)} sentences/s, ${s.modelSeconds.toFixed(1)} s in the model); skipped: ` +
+    `${s.tooLong} longer than the model's context, ${s.unencodable} unencodable, ${s.imageErrors} with an undecodable ` +
+    `image; ${s.emptySentences} sentences without a token of their own; ${s.textOnlyResponses} text-only responses ` +
+    (signal === 'grounding' ? 'not scored (no image)' : 'run without an image'));
+}
