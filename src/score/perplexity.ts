@@ -94,7 +94,40 @@ export async function loadReferenceModel(dir: string): Promise<ReferenceModel> {
   return { model, tokenizer, modelId: `${path.basename(path.resolve(dir))}@${digest.slice(0, 16)}` };
 }
 
-interface PendingResponse { pair_id: string; side: string; prompt: string; response: string; image_id: string | null }
+/** A response (pair side) with at least one sentence not yet scored by the model in question. */
+export interface PendingResponse { pair_id: string; side: string; prompt: string; response: string; image_id: string | null }
+
+/** Responses having a sentence whose `column` (ppl_model or similarity_model) is not `model`, in a stable order. */
+export async function pendingResponses(store: Store, column: 'ppl_model' | 'similarity_model', model: string): Promise<PendingResponse[]> {
+  return store.all<PendingResponse>(`
+    SELECT p.pair_id, r.side, p.prompt, CASE r.side WHEN 'chosen' THEN p.chosen ELSE p.rejected END AS response, p.image_id
+    FROM pairs p JOIN (
+      SELECT DISTINCT s.pair_id, s.side FROM sentences s
+      LEFT JOIN sentence_scores sc ON sc.pair_id = s.pair_id AND sc.side = s.side AND sc.idx = s.idx
+      WHERE sc.${column} IS DISTINCT FROM $1) r ON r.pair_id = p.pair_id
+    ORDER BY p.pair_id, r.side`, [model]);
+}
+
+/** One `sentence_scores` perplexity row (see writePerplexityRows) for sentence `idx` of a response. */
+export function perplexityRow(response: { pair_id: string; side: string }, idx: number, s: SentenceLogProb, model: string): unknown[] {
+  return [response.pair_id, response.side, idx, perplexity(s), s.n > 0 ? s.sum : null, s.n, model];
+}
+
+/**
+ * Upserts perplexity rows in one transaction, touching only ppl, ref_logp_sum, n_tokens and ppl_model, so that a
+ * similarity already stored for the sentence stays.
+ */
+export async function writePerplexityRows(store: Store, rows: unknown[][]): Promise<void> {
+  await store.run(`CREATE TEMP TABLE IF NOT EXISTS ppl_batch (pair_id VARCHAR, side VARCHAR, idx INTEGER, ppl DOUBLE,
+    ref_logp_sum DOUBLE, n_tokens INTEGER, ppl_model VARCHAR)`);
+  await store.transaction(async () => {
+    await store.run('DELETE FROM ppl_batch');
+    await store.append('ppl_batch', PPL_ROW_KINDS, rows, true);
+    await store.run(`INSERT INTO sentence_scores (pair_id, side, idx, ppl, ref_logp_sum, n_tokens, ppl_model) SELECT * FROM ppl_batch
+      ON CONFLICT (pair_id, side, idx) DO UPDATE SET ppl = excluded.ppl, ref_logp_sum = excluded.ref_logp_sum,
+        n_tokens = excluded.n_tokens, ppl_model = excluded.ppl_model`);
+  });
+}
 
 /** A response ready for the model: token ids and the sentence of each response token. */
 interface EncodedResponse {
@@ -121,24 +154,17 @@ export async function scoreReference(store: Store, ref: ReferenceModel, signal: 
   if (!Number.isInteger(batchSize) || batchSize < 1) throw new Error(`batchSize must be a positive integer, got ${batchSize}`);
   const model = signal === 'grounding' ? `grounding:${ref.modelId}` : ref.modelId;
   const column = signal === 'grounding' ? 'similarity_model' : 'ppl_model';
-  const pending = await store.all<PendingResponse>(`
-    SELECT p.pair_id, r.side, p.prompt, CASE r.side WHEN 'chosen' THEN p.chosen ELSE p.rejected END AS response, p.image_id
-    FROM pairs p JOIN (
-      SELECT DISTINCT s.pair_id, s.side FROM sentences s
-      LEFT JOIN sentence_scores sc ON sc.pair_id = s.pair_id AND sc.side = s.side AND sc.idx = s.idx
-      WHERE sc.${column} IS DISTINCT FROM $1) r ON r.pair_id = p.pair_id
-    ORDER BY p.pair_id, r.side`, [model]);
+  const pending = await pendingResponses(store, column, model);
   const summary: ReferenceScoreSummary = {
     signal, model, responses: 0, sentences: 0, emptySentences: 0, tooLong: 0, unencodable: 0, imageErrors: 0,
     textOnlyResponses: pending.filter((r) => r.image_id === null).length, modelSeconds: 0, seconds: 0,
   };
   const todo = signal === 'grounding' ? pending.filter((r) => r.image_id !== null) : pending;
   options.onStart?.({ pendingResponses: todo.length });
-  const table = signal === 'grounding' ? 'grounding_batch' : 'ppl_batch';
-  await store.run(signal === 'grounding'
-    ? `CREATE TEMP TABLE IF NOT EXISTS ${table} (pair_id VARCHAR, side VARCHAR, idx INTEGER, similarity DOUBLE, similarity_model VARCHAR)`
-    : `CREATE TEMP TABLE IF NOT EXISTS ${table} (pair_id VARCHAR, side VARCHAR, idx INTEGER, ppl DOUBLE, ref_logp_sum DOUBLE,
-        n_tokens INTEGER, ppl_model VARCHAR)`);
+  const table = 'grounding_batch';
+  if (signal === 'grounding') {
+    await store.run(`CREATE TEMP TABLE IF NOT EXISTS ${table} (pair_id VARCHAR, side VARCHAR, idx INTEGER, similarity DOUBLE, similarity_model VARCHAR)`);
+  }
   const limit = textContext(ref.model.config);
 
   for (let b = 0; b < todo.length; b += batchSize) {
@@ -161,21 +187,19 @@ export async function scoreReference(store: Store, ref: ReferenceModel, signal: 
           if (s.n === 0) summary.emptySentences++;
           rows.push(base
             ? [item.row.pair_id, item.row.side, item.idxs[k], groundingGain(s, base[k]!), model]
-            : [item.row.pair_id, item.row.side, item.idxs[k], perplexity(s), s.n > 0 ? s.sum : null, s.n, model]);
+            : perplexityRow(item.row, item.idxs[k]!, s, model));
         });
       });
     }
-    await store.transaction(async () => {
-      await store.run(`DELETE FROM ${table}`);
-      await store.append(table, signal === 'grounding' ? GROUNDING_ROW_KINDS : PPL_ROW_KINDS, rows, true);
-      await store.run(signal === 'grounding'
-        ? `INSERT INTO sentence_scores (pair_id, side, idx, similarity, similarity_model) SELECT * FROM ${table}
+    if (signal === 'grounding') {
+      await store.transaction(async () => {
+        await store.run(`DELETE FROM ${table}`);
+        await store.append(table, GROUNDING_ROW_KINDS, rows, true);
+        await store.run(`INSERT INTO sentence_scores (pair_id, side, idx, similarity, similarity_model) SELECT * FROM ${table}
            ON CONFLICT (pair_id, side, idx) DO UPDATE SET similarity = excluded.similarity,
-             similarity_model = excluded.similarity_model, similarity_truncated = NULL, similarity_error = NULL`
-        : `INSERT INTO sentence_scores (pair_id, side, idx, ppl, ref_logp_sum, n_tokens, ppl_model) SELECT * FROM ${table}
-           ON CONFLICT (pair_id, side, idx) DO UPDATE SET ppl = excluded.ppl, ref_logp_sum = excluded.ref_logp_sum,
-             n_tokens = excluded.n_tokens, ppl_model = excluded.ppl_model`);
-    });
+             similarity_model = excluded.similarity_model, similarity_truncated = NULL, similarity_error = NULL`);
+      });
+    } else await writePerplexityRows(store, rows);
     summary.responses += encoded.length;
     summary.sentences += rows.length;
     options.onBatch?.({ responses: Math.min(b + batchSize, todo.length), sentences: summary.sentences, total: todo.length });

@@ -2,6 +2,7 @@ import { withStore, type Store } from '../../store/store.js';
 import { ClipEncoder, ClipModelError, type ClipDevice } from '../../score/clip.js';
 import { DEFAULT_COMMIT_SENTENCES, DEFAULT_SCORE_BATCH_SIZE, scoreSimilarity } from '../../score/stage.js';
 import { DEFAULT_REF_BATCH_SIZE, loadReferenceModel, scoreReference, type ReferenceModel, type ReferenceSignal } from '../../score/perplexity.js';
+import { DEFAULT_LM_BATCH_SIZE, LmModelError, loadCausalLm, scoreLm, type CausalLm } from '../../score/lm.js';
 import { BACKENDS, initBackend, type BackendName } from '../../train/backend.js';
 import { Progress } from '../progress.js';
 import { DB_OPTION, numberOption, parse, UsageError, type Command } from '../command.js';
@@ -10,7 +11,7 @@ const DEVICES: readonly ClipDevice[] = ['auto', 'cpu', 'cuda'];
 const SIMILARITIES = ['clip', 'grounding'] as const;
 
 export const command: Command = {
-  usage: 'aspo score --db PATH [--clip MODEL] [--ref CHECKPOINT] [--similarity clip|grounding] [--device auto|cpu|cuda]\n' +
+  usage: 'aspo score --db PATH [--clip MODEL] [--ref CHECKPOINT] [--lm MODEL] [--similarity clip|grounding] [--device auto|cpu|cuda]\n' +
     '           [--backend auto|wasm|cpu|tensorflow|tensorflow-gpu] [--batch-size N] [--commit-sentences N]\n\n' +
     '  Scores the sentences of every pair (run `aspo segment --db` first) into `sentence_scores`; `sentence_weights`\n' +
     '  then gives the sentence-level (ASPO) weights.\n' +
@@ -22,10 +23,14 @@ export const command: Command = {
     '  --ref CHECKPOINT: perplexity of each sentence in context (and the sums of reference log-probs per sentence)\n' +
     '  under the toolkit\'s own model (a checkpoint folder of `aspo train`), for every pair; text-only pairs run\n' +
     '  without an image. Responses longer than the model\'s context are counted and skipped, never truncated.\n' +
+    '  --lm MODEL: perplexity (and reference log-prob sums) of each sentence in context under a Hugging Face causal LM\n' +
+    '  (a model id in transformers.js layout, downloaded where the network allows, or a local folder with config.json,\n' +
+    '  tokenizer.json, tokenizer_config.json, onnx/model.onnx), text only: prompt + response as one string, no chat\n' +
+    '  template. Responses longer than its context are counted and skipped. Writes the same columns as --ref: give one.\n' +
     '  --similarity grounding (needs --ref): similarity = mean per-token log-prob gain of the sentence with its image\n' +
     '  over without, under the --ref model (pairs with an image). --similarity clip (the default) needs --clip.\n' +
     '  Incremental: sentences already scored with the same model are skipped.\n' +
-    `  --batch-size: images and texts (CLIP, default ${DEFAULT_SCORE_BATCH_SIZE}) or responses (--ref, default ${DEFAULT_REF_BATCH_SIZE}) per model call.\n` +
+    `  --batch-size: images and texts (CLIP, default ${DEFAULT_SCORE_BATCH_SIZE}) or responses (--ref, default ${DEFAULT_REF_BATCH_SIZE}; --lm, default ${DEFAULT_LM_BATCH_SIZE}) per model call.\n` +
     `  --commit-sentences (CLIP): sentences per transaction (default ${DEFAULT_COMMIT_SENTENCES}); a killed run redoes at most these.\n` +
     '  With --ref, each batch is one transaction. --backend: the TensorFlow.js backend for --ref (default auto).',
   async run(argv) {
@@ -33,6 +38,7 @@ export const command: Command = {
       ...DB_OPTION,
       clip: { type: 'string' },
       ref: { type: 'string' },
+      lm: { type: 'string' },
       similarity: { type: 'string' },
       device: { type: 'string', default: 'auto' },
       backend: { type: 'string', default: 'auto' },
@@ -45,15 +51,17 @@ export const command: Command = {
     }
     if (similarity === 'clip' && !values.clip) throw new UsageError('--similarity clip needs --clip MODEL');
     if (similarity === 'grounding' && !values.ref) throw new UsageError('--similarity grounding needs --ref CHECKPOINT');
-    if (!values.clip && !values.ref) {
-      throw new UsageError('--clip MODEL is required (a Hugging Face model id or a local model folder) unless --ref CHECKPOINT is given');
+    if (!values.clip && !values.ref && !values.lm) {
+      throw new UsageError('--clip MODEL is required (a Hugging Face model id or a local model folder) unless --ref CHECKPOINT or --lm MODEL is given');
     }
+    if (values.ref && values.lm) throw new UsageError('--ref and --lm both write the perplexity columns; pick one');
     if (similarity === 'grounding' && values.clip) throw new UsageError('--clip and --similarity grounding both write the similarity; pick one');
     const device = values.device as ClipDevice;
     if (!DEVICES.includes(device)) throw new UsageError(`--device must be one of ${DEVICES.join(', ')}, got "${values.device}"`);
     const backend = values.backend as BackendName;
     if (backend !== 'auto' && !BACKENDS.includes(backend)) throw new UsageError(`--backend must be auto or one of ${BACKENDS.join(', ')}`);
-    const batchSize = numberOption(values['batch-size'], 'batch-size', values.clip ? DEFAULT_SCORE_BATCH_SIZE : DEFAULT_REF_BATCH_SIZE);
+    const batchSize = numberOption(values['batch-size'], 'batch-size',
+      values.clip ? DEFAULT_SCORE_BATCH_SIZE : values.lm ? DEFAULT_LM_BATCH_SIZE : DEFAULT_REF_BATCH_SIZE);
     if (!Number.isInteger(batchSize) || batchSize < 1) throw new UsageError('--batch-size must be a positive integer');
     const commitSentences = numberOption(values['commit-sentences'], 'commit-sentences', DEFAULT_COMMIT_SENTENCES);
     if (!Number.isInteger(commitSentences) || commitSentences < 1) throw new UsageError('--commit-sentences must be a positive integer');
@@ -65,6 +73,15 @@ export const command: Command = {
         ref = await loadReferenceModel(values.ref);
       } catch (error) {
         throw new UsageError(`--ref: ${(error as Error).message}`);
+      }
+    }
+    let lm: CausalLm | undefined;
+    if (values.lm) {
+      try {
+        lm = await loadCausalLm(values.lm);
+      } catch (error) {
+        if (error instanceof LmModelError) throw new UsageError(error.message);
+        throw error;
       }
     }
     let encoder: ClipEncoder | undefined;
@@ -79,6 +96,7 @@ export const command: Command = {
     try {
       await withStore(values.db, async (store) => {
         if (encoder) await scoreClip(store, encoder, batchSize, commitSentences);
+        if (lm) await scoreWithLm(store, lm, batchSize);
         if (ref) {
           await scoreWithReference(store, ref, 'perplexity', batchSize);
           if (similarity === 'grounding') await scoreWithReference(store, ref, 'grounding', batchSize);
@@ -87,6 +105,7 @@ export const command: Command = {
     } finally {
       await encoder?.dispose();
       ref?.model.dispose();
+      await lm?.dispose();
     }
     return 0;
   },
@@ -131,4 +150,21 @@ async function scoreWithReference(store: Store, ref: ReferenceModel, signal: Ref
     `${s.tooLong} longer than the model's context, ${s.unencodable} unencodable, ${s.imageErrors} with an undecodable ` +
     `image; ${s.emptySentences} sentences without a token of their own; ${s.textOnlyResponses} text-only responses ` +
     (signal === 'grounding' ? 'not scored (no image)' : 'run without an image'));
+}
+
+async function scoreWithLm(store: Store, lm: CausalLm, batchSize: number): Promise<void> {
+  let progress = new Progress({ label: 'perplexity', unit: 'responses' });
+  let reported = 0;
+  const s = await scoreLm(store, lm, {
+    batchSize,
+    onStart: ({ pendingResponses }) => { progress = new Progress({ label: 'perplexity', unit: 'responses', total: pendingResponses }); },
+    onBatch: ({ responses }) => {
+      progress.tick(responses - reported);
+      reported = responses;
+    },
+  });
+  const rate = s.sentences / Math.max(s.seconds, 1e-9);
+  progress.done(`${s.sentences} sentences of ${s.responses} responses scored with ${s.model} in ${s.seconds.toFixed(1)} s ` +
+    `(${rate.toFixed(1)} sentences/s, ${s.modelSeconds.toFixed(1)} s in the model); skipped: ${s.tooLong} longer than ` +
+    `the model's context (${lm.maxLength} tokens); ${s.emptySentences} sentences without a token of their own`);
 }

@@ -1,0 +1,200 @@
+/**
+ * Perplexity under a Hugging Face causal language model through `@huggingface/transformers` (ONNX): per sentence,
+ * Σ log p(token | all previous tokens) over its tokens, their count and exp(−Σ/n), written to `sentence_scores`
+ * exactly as the TF.js reference model's perplexity is (see perplexity.ts). Text only: each response is fed as the
+ * one string `prompt + response`, tokenized with the model's tokenizer and its special tokens (e.g. BOS), as
+ * trainers feed it; a chat template, if the tokenizer has one, is not applied.
+ */
+import { createHash } from 'node:crypto';
+import { createReadStream, existsSync, statSync } from 'node:fs';
+import path from 'node:path';
+import type { PreTrainedModel, PreTrainedTokenizer, Tensor as HfTensor } from '@huggingface/transformers';
+import type { Store } from '../store/store.js';
+import { encodeWithSentences, hfOffsetTokenizer, type OffsetTokenizer, type Span } from '../segment/align.js';
+import { isLocalModel } from './clip.js';
+import { pendingResponses, perplexityRow, sentenceLogProbs, writePerplexityRows, type PendingResponse } from './perplexity.js';
+
+export const DEFAULT_LM_BATCH_SIZE = 8;
+
+/** Files of a local causal LM folder (the transformers.js layout of e.g. Xenova/gpt2 or onnx-community/*). */
+export const LM_MODEL_FILES = ['config.json', 'tokenizer.json', 'tokenizer_config.json', 'onnx/model.onnx'] as const;
+
+export class LmModelError extends Error {}
+
+/** A loaded causal LM: scores token rows, knows its context length and its id in `ppl_model`. */
+export interface CausalLm {
+  modelId: string;
+  /** Longest token row (special tokens included) the model takes. */
+  maxLength: number;
+  tokenizer: OffsetTokenizer;
+  /** Per row, log p(ids[t] | ids[<t]) for t = 1..n−1 (one model call; rows padded on the right). */
+  tokenLogProbs(rows: readonly number[][]): Promise<Float64Array[]>;
+  dispose(): Promise<void>;
+}
+
+export interface LmScoreOptions {
+  /** Responses per model call (default 8). */
+  batchSize?: number;
+  onStart?: (info: { pendingResponses: number }) => void;
+  onBatch?: (progress: { responses: number; sentences: number; total: number }) => void;
+}
+
+export interface LmScoreSummary {
+  model: string;
+  responses: number;
+  sentences: number;
+  /** Sentences given no scored token (n_tokens 0, ppl NULL). */
+  emptySentences: number;
+  /** Responses skipped because prompt + response exceed the model's max length (never truncated). */
+  tooLong: number;
+  modelSeconds: number;
+  seconds: number;
+}
+
+/**
+ * log p(ids[t] | ids[<t]) for t = 1..length−1 of one row, from row-major logits [rows, width, vocab] (position t−1
+ * predicts token t), log-softmax accumulated in float64. Pure.
+ */
+export function rowTokenLogProbs(logits: ArrayLike<number>, row: number, width: number, vocab: number,
+  ids: readonly number[]): Float64Array {
+  const out = new Float64Array(Math.max(ids.length - 1, 0));
+  for (let t = 1; t < ids.length; t++) {
+    const base = (row * width + t - 1) * vocab;
+    let max = -Infinity;
+    for (let v = 0; v < vocab; v++) max = Math.max(max, logits[base + v]!);
+    let sum = 0;
+    for (let v = 0; v < vocab; v++) sum += Math.exp(logits[base + v]! - max);
+    out[t - 1] = logits[base + ids[t]!]! - max - Math.log(sum);
+  }
+  return out;
+}
+
+/** The model's context: the smallest of the config's position limits and the tokenizer's model_max_length. */
+export function contextLength(config: Record<string, unknown>, tokenizerMax: unknown): number {
+  const limits = ['max_position_embeddings', 'n_positions', 'n_ctx', 'max_sequence_length']
+    .map((key) => config[key]).concat(tokenizerMax)
+    .filter((v): v is number => typeof v === 'number' && Number.isFinite(v) && v > 0);
+  return limits.length ? Math.min(...limits) : Infinity;
+}
+
+/** Identity of a model in `ppl_model`: the Hub id, or a local folder's name and the hash of its files. */
+async function lmModelId(model: string, local: boolean): Promise<string> {
+  if (!local) return model;
+  const hash = createHash('sha256');
+  for (const file of LM_MODEL_FILES) {
+    hash.update(file);
+    for await (const chunk of createReadStream(path.join(model, file))) hash.update(chunk as Buffer);
+  }
+  return `${path.basename(path.resolve(model))}@${hash.digest('hex').slice(0, 12)}`;
+}
+
+function checkLmFolder(folder: string): void {
+  const advice = `A causal LM folder needs ${LM_MODEL_FILES.join(', ')} (the layout of e.g. Xenova/gpt2 on the Hugging Face Hub).`;
+  if (!existsSync(folder)) throw new LmModelError(`--lm: model folder ${folder} does not exist. ${advice}`);
+  if (!statSync(folder).isDirectory()) throw new LmModelError(`--lm: ${folder} is a file, not a model folder. ${advice}`);
+  const missing = LM_MODEL_FILES.filter((file) => !existsSync(path.join(folder, file)));
+  if (missing.length) throw new LmModelError(`--lm: model folder ${folder} is incomplete: missing ${missing.join(', ')}. ${advice}`);
+}
+
+/**
+ * Loads `model` (a local folder in transformers.js layout, or a Hub id the library downloads where the network
+ * allows) with AutoTokenizer + AutoModelForCausalLM on the CPU in fp32.
+ */
+export async function loadCausalLm(model: string): Promise<CausalLm> {
+  const local = isLocalModel(model);
+  if (local) checkLmFolder(model);
+  const source = local ? path.resolve(model) : model;
+  const hf = await import('@huggingface/transformers');
+  hf.env.logLevel = hf.LogLevel.ERROR;
+  const pretrained = { local_files_only: local };
+  let tokenizer: PreTrainedTokenizer;
+  let lm: PreTrainedModel;
+  try {
+    tokenizer = await hf.AutoTokenizer.from_pretrained(source, pretrained);
+    lm = await hf.AutoModelForCausalLM.from_pretrained(source, { ...pretrained, device: 'cpu', dtype: 'fp32' });
+  } catch (error) {
+    throw new LmModelError(local
+      ? `--lm: cannot load the causal LM in ${source}: ${(error as Error).message}`
+      : `--lm: cannot load "${model}" from the Hugging Face Hub or the cache (${hf.env.cacheDir}): ${(error as Error).message}. ` +
+        'Without network access, download the model repository elsewhere and pass its folder.');
+  }
+  const maxLength = contextLength(lm.config as unknown as Record<string, unknown>, tokenizer.model_max_length);
+  if (!Number.isFinite(maxLength)) {
+    throw new LmModelError(`--lm: cannot tell the context length of ${source}: set max_position_embeddings (or n_positions) in config.json`);
+  }
+  const padId = Number(tokenizer.pad_token_id ?? tokenizer.eos_token_id ?? 0); // padded positions are masked out
+  return {
+    modelId: await lmModelId(model, local),
+    maxLength,
+    tokenizer: hfOffsetTokenizer(tokenizer),
+    async tokenLogProbs(rows) {
+      if (rows.length === 0) return [];
+      const width = Math.max(...rows.map((r) => r.length));
+      const ids = new BigInt64Array(rows.length * width).fill(BigInt(padId));
+      const mask = new BigInt64Array(rows.length * width);
+      rows.forEach((row, r) => row.forEach((id, t) => {
+        ids[r * width + t] = BigInt(id);
+        mask[r * width + t] = 1n;
+      }));
+      const { logits } = await lm({
+        input_ids: new hf.Tensor('int64', ids, [rows.length, width]),
+        attention_mask: new hf.Tensor('int64', mask, [rows.length, width]),
+      }) as { logits?: HfTensor };
+      if (!logits || logits.dims.length !== 3 || logits.dims[0] !== rows.length || logits.dims[1] !== width) {
+        throw new LmModelError(`--lm: the model returned no logits [batch, ${width}, vocab] (got ${logits ? `[${logits.dims.join(', ')}]` : 'none'})`);
+      }
+      const data = logits.data as Float32Array;
+      const vocab = logits.dims[2]!;
+      return rows.map((row, r) => rowTokenLogProbs(data, r, width, vocab, row));
+    },
+    async dispose() {
+      await lm.dispose();
+    },
+  };
+}
+
+interface EncodedRow { response: PendingResponse; ids: number[]; sentenceIds: number[]; idxs: number[] }
+
+/**
+ * Scores every response with a sentence whose ppl_model is not this model, `batchSize` responses per model call and
+ * one transaction per batch (a killed run resumes). Responses longer than the model's context are counted and
+ * skipped. A token gets a log-prob only when something precedes it, so without a BOS token and with an empty
+ * prompt, the first token of the response is not counted.
+ */
+export async function scoreLm(store: Store, lm: CausalLm, options: LmScoreOptions = {}): Promise<LmScoreSummary> {
+  const started = performance.now();
+  const batchSize = options.batchSize ?? DEFAULT_LM_BATCH_SIZE;
+  if (!Number.isInteger(batchSize) || batchSize < 1) throw new Error(`batchSize must be a positive integer, got ${batchSize}`);
+  const pending = await pendingResponses(store, 'ppl_model', lm.modelId);
+  const summary: LmScoreSummary = { model: lm.modelId, responses: 0, sentences: 0, emptySentences: 0, tooLong: 0, modelSeconds: 0, seconds: 0 };
+  options.onStart?.({ pendingResponses: pending.length });
+  for (let b = 0; b < pending.length; b += batchSize) {
+    const encoded: EncodedRow[] = [];
+    for (const response of pending.slice(b, b + batchSize)) {
+      const sentences = await store.all<Span & { idx: number }>(
+        'SELECT idx, start, "end" AS end FROM sentences WHERE pair_id = $1 AND side = $2 ORDER BY idx', [response.pair_id, response.side]);
+      const { ids, sentenceIds } = encodeWithSentences(lm.tokenizer, response.prompt, response.response, sentences);
+      if (ids.length > lm.maxLength) summary.tooLong++;
+      else encoded.push({ response, ids, sentenceIds, idxs: sentences.map((s) => s.idx) });
+    }
+    const rows: unknown[][] = [];
+    if (encoded.length) {
+      const t0 = performance.now();
+      const logps = await lm.tokenLogProbs(encoded.map((e) => e.ids));
+      summary.modelSeconds += (performance.now() - t0) / 1000;
+      encoded.forEach((e, i) => {
+        // logps[i][t − 1] belongs to token t: the first token has no context and no log-prob.
+        sentenceLogProbs(logps[i]!, e.sentenceIds.slice(1), e.idxs.length).forEach((s, k) => {
+          if (s.n === 0) summary.emptySentences++;
+          rows.push(perplexityRow(e.response, e.idxs[k]!, s, lm.modelId));
+        });
+      });
+    }
+    await writePerplexityRows(store, rows);
+    summary.responses += encoded.length;
+    summary.sentences += rows.length;
+    options.onBatch?.({ responses: Math.min(b + batchSize, pending.length), sentences: summary.sentences, total: pending.length });
+  }
+  summary.seconds = (performance.now() - started) / 1000;
+  return summary;
+}
