@@ -1,10 +1,10 @@
-import { createHash } from 'node:crypto';
-import { accessSync, constants, createReadStream, existsSync, statSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import type { PreTrainedModel, PreTrainedTokenizer, Tensor as HfTensor } from '@huggingface/transformers';
 import pLimit from 'p-limit';
 import sharp from 'sharp';
+import { checkModelFolder, isLocalModel, modelId } from './model-folder.js';
 
 /**
  * A CLIP-style dual encoder loaded through `@huggingface/transformers` (ONNX Runtime): the vision tower
@@ -54,40 +54,13 @@ export function onnxRuntimeHasCuda(): boolean {
   }
 }
 
-/** Identity of a model for the similarity cache: the Hub id, or a local folder's name and content hash. */
-export async function clipModelId(model: string): Promise<string> {
-  if (!isLocalModel(model)) return model;
-  const hash = createHash('sha256');
-  for (const file of CLIP_MODEL_FILES) {
-    hash.update(file);
-    for await (const chunk of createReadStream(path.join(model, file))) hash.update(chunk as Buffer);
-  }
-  return `${path.basename(path.resolve(model))}@${hash.digest('hex').slice(0, 12)}`;
-}
-
-/** A value names a local model when it is an existing path or looks like one (starts with ".", "/" or "~"). */
-export function isLocalModel(model: string): boolean {
-  return existsSync(model) || /^(\.{1,2}[\\/]|[\\/]|~|[A-Za-z]:\\)/.test(model);
-}
-
-/** Checks a local model folder before the library sees it, naming the first problem in words. */
-export function checkModelFolder(folder: string): void {
-  const advice = `A CLIP model folder needs ${CLIP_MODEL_FILES.join(', ')} ` +
+/** Checks a local CLIP folder, naming what is missing and where a complete one comes from. */
+function checkClipFolder(folder: string): void {
+  checkModelFolder(folder, CLIP_MODEL_FILES, 'CLIP model',
+    `A CLIP model folder needs ${CLIP_MODEL_FILES.join(', ')} ` +
     '(the layout of e.g. Xenova/clip-vit-base-patch32 on the Hugging Face Hub: copy that repository, e.g. ' +
-    '`git clone https://huggingface.co/Xenova/clip-vit-base-patch32` on a machine with network access).';
-  if (!existsSync(folder)) throw new ClipModelError(`CLIP model folder ${folder} does not exist. ${advice}`);
-  if (!statSync(folder).isDirectory()) throw new ClipModelError(`--clip ${folder} is a file, not a model folder. ${advice}`);
-  const missing = CLIP_MODEL_FILES.filter((file) => !existsSync(path.join(folder, file)));
-  if (missing.length) {
-    throw new ClipModelError(`CLIP model folder ${folder} is incomplete: missing ${missing.join(', ')}. ${advice}`);
-  }
-  for (const file of CLIP_MODEL_FILES) {
-    try {
-      accessSync(path.join(folder, file), constants.R_OK);
-    } catch {
-      throw new ClipModelError(`cannot read ${path.join(folder, file)} (check its permissions). ${advice}`);
-    }
-  }
+    '`git clone https://huggingface.co/Xenova/clip-vit-base-patch32` on a machine with network access).',
+    (message) => new ClipModelError(message));
 }
 
 /**
@@ -153,7 +126,7 @@ export class ClipEncoder {
    */
   static async load(model: string, options: ClipLoadOptions = {}): Promise<ClipEncoder> {
     const local = isLocalModel(model);
-    if (local) checkModelFolder(model);
+    if (local) checkClipFolder(model);
     const source = local ? path.resolve(model) : model;
     const hf = await import('@huggingface/transformers');
     hf.env.logLevel = hf.LogLevel.ERROR;
@@ -202,7 +175,7 @@ export class ClipEncoder {
     if (tokenizer.pad_token_id === undefined || tokenizer.pad_token_id === null) {
       throw new ClipModelError(`the tokenizer of ${source} has no pad_token (set it in tokenizer_config.json)`);
     }
-    return new ClipEncoder(await clipModelId(model), device, context, hf, tokenizer, processor, models[0], models[1],
+    return new ClipEncoder(await modelId(model, CLIP_MODEL_FILES), device, context, hf, tokenizer, processor, models[0], models[1],
       options.decodeConcurrency ?? 4);
   }
 

@@ -5,14 +5,12 @@
  * one string `prompt + response`, tokenized with the model's tokenizer and its special tokens (e.g. BOS), as
  * trainers feed it; a chat template, if the tokenizer has one, is not applied.
  */
-import { createHash } from 'node:crypto';
-import { createReadStream, existsSync, statSync } from 'node:fs';
 import path from 'node:path';
 import type { PreTrainedModel, PreTrainedTokenizer, Tensor as HfTensor } from '@huggingface/transformers';
 import type { Store } from '../store/store.js';
 import { encodeWithSentences, hfOffsetTokenizer, type OffsetTokenizer, type Span } from '../segment/align.js';
-import { isLocalModel } from './clip.js';
-import { pendingResponses, perplexityRow, sentenceLogProbs, writePerplexityRows, type PendingResponse } from './perplexity.js';
+import { checkModelFolder, isLocalModel, modelId } from './model-folder.js';
+import { pendingResponses, perplexityRow, sentenceLogProbs, writePerplexityRows, type PendingResponse, type ReferenceScoreOptions } from './perplexity.js';
 
 export const DEFAULT_LM_BATCH_SIZE = 8;
 
@@ -32,12 +30,6 @@ export interface CausalLm {
   dispose(): Promise<void>;
 }
 
-export interface LmScoreOptions {
-  /** Responses per model call (default 8). */
-  batchSize?: number;
-  onStart?: (info: { pendingResponses: number }) => void;
-  onBatch?: (progress: { responses: number; sentences: number; total: number }) => void;
-}
 
 export interface LmScoreSummary {
   model: string;
@@ -77,32 +69,17 @@ export function contextLength(config: Record<string, unknown>, tokenizerMax: unk
   return limits.length ? Math.min(...limits) : Infinity;
 }
 
-/** Identity of a model in `ppl_model`: the Hub id, or a local folder's name and the hash of its files. */
-async function lmModelId(model: string, local: boolean): Promise<string> {
-  if (!local) return model;
-  const hash = createHash('sha256');
-  for (const file of LM_MODEL_FILES) {
-    hash.update(file);
-    for await (const chunk of createReadStream(path.join(model, file))) hash.update(chunk as Buffer);
-  }
-  return `${path.basename(path.resolve(model))}@${hash.digest('hex').slice(0, 12)}`;
-}
-
-function checkLmFolder(folder: string): void {
-  const advice = `A causal LM folder needs ${LM_MODEL_FILES.join(', ')} (the layout of e.g. Xenova/gpt2 on the Hugging Face Hub).`;
-  if (!existsSync(folder)) throw new LmModelError(`--lm: model folder ${folder} does not exist. ${advice}`);
-  if (!statSync(folder).isDirectory()) throw new LmModelError(`--lm: ${folder} is a file, not a model folder. ${advice}`);
-  const missing = LM_MODEL_FILES.filter((file) => !existsSync(path.join(folder, file)));
-  if (missing.length) throw new LmModelError(`--lm: model folder ${folder} is incomplete: missing ${missing.join(', ')}. ${advice}`);
-}
-
 /**
  * Loads `model` (a local folder in transformers.js layout, or a Hub id the library downloads where the network
  * allows) with AutoTokenizer + AutoModelForCausalLM on the CPU in fp32.
  */
 export async function loadCausalLm(model: string): Promise<CausalLm> {
   const local = isLocalModel(model);
-  if (local) checkLmFolder(model);
+  if (local) {
+    checkModelFolder(model, LM_MODEL_FILES, 'causal LM',
+      `A causal LM folder needs ${LM_MODEL_FILES.join(', ')} (the layout of e.g. Xenova/gpt2 on the Hugging Face Hub).`,
+      (message) => new LmModelError(`--lm: ${message}`));
+  }
   const source = local ? path.resolve(model) : model;
   const hf = await import('@huggingface/transformers');
   hf.env.logLevel = hf.LogLevel.ERROR;
@@ -124,7 +101,7 @@ export async function loadCausalLm(model: string): Promise<CausalLm> {
   }
   const padId = Number(tokenizer.pad_token_id ?? tokenizer.eos_token_id ?? 0); // padded positions are masked out
   return {
-    modelId: await lmModelId(model, local),
+    modelId: await modelId(model, LM_MODEL_FILES),
     maxLength,
     tokenizer: hfOffsetTokenizer(tokenizer),
     async tokenLogProbs(rows) {
@@ -161,7 +138,7 @@ interface EncodedRow { response: PendingResponse; ids: number[]; sentenceIds: nu
  * skipped. A token gets a log-prob only when something precedes it, so without a BOS token and with an empty
  * prompt, the first token of the response is not counted.
  */
-export async function scoreLm(store: Store, lm: CausalLm, options: LmScoreOptions = {}): Promise<LmScoreSummary> {
+export async function scoreLm(store: Store, lm: CausalLm, options: ReferenceScoreOptions = {}): Promise<LmScoreSummary> {
   const started = performance.now();
   const batchSize = options.batchSize ?? DEFAULT_LM_BATCH_SIZE;
   if (!Number.isInteger(batchSize) || batchSize < 1) throw new Error(`batchSize must be a positive integer, got ${batchSize}`);

@@ -28,8 +28,9 @@ export interface ReferenceModel {
   modelId: string;
 }
 
+/** Options of the scorers that run a model over whole responses (`--ref`, `--lm`). */
 export interface ReferenceScoreOptions {
-  /** Responses (pair sides) per model call (default 16). */
+  /** Responses (pair sides) per model call (default DEFAULT_REF_BATCH_SIZE, or DEFAULT_LM_BATCH_SIZE for --lm). */
   batchSize?: number;
   onStart?: (info: { pendingResponses: number }) => void;
   onBatch?: (progress: { responses: number; sentences: number; total: number }) => void;
