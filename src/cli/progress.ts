@@ -13,6 +13,7 @@ export class Progress {
   private count = 0;
   private extra = '';
   private lastDraw = 0;
+  private total: number | undefined;
   private readonly started = performance.now();
   private readonly stream: NodeJS.WriteStream;
   private readonly interactive: boolean;
@@ -20,6 +21,17 @@ export class Progress {
   constructor(private readonly options: ProgressOptions) {
     this.stream = options.stream ?? process.stderr;
     this.interactive = Boolean(this.stream.isTTY) && !process.env.CI;
+    this.total = options.total;
+  }
+
+  /** Sets the total once the work has been counted (stages count their pending work after they start). */
+  setTotal(total: number): void {
+    this.total = total;
+  }
+
+  /** Moves to an absolute count, for callers that report totals so far rather than increments. */
+  at(count: number, extra?: string): void {
+    this.tick(count - this.count, extra);
   }
 
   /** Advances by `n` units; `extra` is shown after the rate (e.g. "12.3 MB read"). */
@@ -38,7 +50,8 @@ export class Progress {
   }
 
   private draw(): void {
-    const { label, total, unit = 'rows' } = this.options;
+    const { label, unit = 'rows' } = this.options;
+    const total = this.total;
     const rate = this.count / Math.max(this.seconds, 1e-9);
     let bar = '';
     if (total && total > 0) {

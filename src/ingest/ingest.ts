@@ -40,7 +40,9 @@ export interface IngestOptions {
 }
 
 export interface ProgressEvent {
+  /** The file being read, with the bytes of it read so far and its size. */
   file: string;
+  /** Rows read so far by this call, over all its files. */
   rows: number;
   bytesRead: number;
   totalBytes: number;
@@ -116,6 +118,7 @@ export async function ingest(store: Store, files: readonly string[], options: In
     decoding: new Map(),
     limit: pLimit(options.concurrency ?? Math.max(2, os.availableParallelism() * 2)),
     uncommittedRows: 0,
+    rowsRead: 0,
   };
   const memoryLimit = await store.scalar<string>("SELECT current_setting('memory_limit')");
   await store.run(`SET memory_limit = '${(options.duckdbMemory ?? DEFAULT_DUCKDB_MEMORY).replace(/'/g, '')}'`);
@@ -146,6 +149,8 @@ interface Run {
   decoding: Map<string, Promise<StoredImage | ImageError>>;
   limit: ReturnType<typeof pLimit>;
   uncommittedRows: number;
+  /** Rows read so far, over all files (for progress). */
+  rowsRead: number;
 }
 
 /** What became of one pair's image: stored or to be stored (sha), failed, or none. */
@@ -161,7 +166,6 @@ async function ingestFile(run: Run, file: string): Promise<void> {
   const totalBytes = info.size;
   const format = !options.format || options.format === 'auto' ? await detectFileFormat(source) : options.format;
   const root = path.resolve(options.images ?? path.dirname(source));
-  let rows = 0;
   const inFlight: Promise<void>[] = [];
   for await (const batch of readRows(source, format, options.batchSize ?? DEFAULT_BATCH_SIZE, run.store)) {
     const rejects: Reject[] = [];
@@ -190,7 +194,7 @@ async function ingestFile(run: Run, file: string): Promise<void> {
       const ready = readyPairs(run, chunk, outcomes, chunkRejects, source);
       const images = [...new Map(outcomes.flatMap((o) => (o && !(o instanceof Error) && o.stored ? [[o.sha, o.stored] as const] : []))).values()];
       const rowsRead = last ? batch.rows.length : 0;
-      const rowsSoFar = (rows += rowsRead);
+      const rowsSoFar = (run.rowsRead += rowsRead);
       const bytesRead = batch.bytesRead || totalBytes;
       // Writes queue up behind each other (the store sees one at a time) while reading, parsing and decoding go on,
       // so a commit's disk time overlaps the next batches' work. The queue is short to keep memory bounded.

@@ -45,7 +45,6 @@ Rejected rows are kept in the rejects table with the reason:
     const missingImages = values['missing-images'];
     if (missingImages !== 'reject' && missingImages !== 'drop') throw new UsageError('--missing-images must be reject or drop');
     const progress = new Progress({ label: 'ingest', unit: 'rows' });
-    let lastRows = 0;
     const summary: IngestSummary = await withStore(values.db, (store) => ingest(store, positionals, {
       format, layout, missingImages,
       images: values.images,
@@ -56,8 +55,7 @@ Rejected rows are kept in the rejects table with the reason:
       commitRows: numberOption(values['commit-rows'], 'commit-rows', DEFAULT_COMMIT_ROWS),
       duckdbMemory: values['duckdb-memory'],
       onProgress: ({ rows, bytesRead, totalBytes }) => {
-        progress.tick(rows - lastRows, `${(bytesRead / 1e6).toFixed(1)}/${(totalBytes / 1e6).toFixed(1)} MB`);
-        lastRows = rows;
+        progress.at(rows, `${(bytesRead / 1e6).toFixed(1)}/${(totalBytes / 1e6).toFixed(1)} MB`);
       },
     }));
     progress.done(formatSummary(summary));

@@ -112,16 +112,12 @@ export const command: Command = {
 };
 
 async function scoreClip(store: Store, encoder: ClipEncoder, batchSize: number, commitSentences: number): Promise<void> {
-  let progress = new Progress({ label: 'score', unit: 'sentences' });
-  let reported = 0;
+  const progress = new Progress({ label: 'score', unit: 'sentences' });
   const s = await scoreSimilarity(store, encoder, {
     batchSize,
     commitSentences,
-    onStart: ({ pending }) => { progress = new Progress({ label: 'score', unit: 'sentences', total: pending }); },
-    onBatch: ({ sentences }) => {
-      progress.tick(sentences - reported);
-      reported = sentences;
-    },
+    onStart: ({ pending }) => progress.setTotal(pending),
+    onBatch: ({ sentences }) => progress.at(sentences),
   });
   const rate = s.sentences / Math.max(s.seconds, 1e-9);
   progress.done(`${s.sentences} sentences scored with ${s.model} on ${s.device} in ${s.seconds.toFixed(1)} s ` +
@@ -133,16 +129,11 @@ async function scoreClip(store: Store, encoder: ClipEncoder, batchSize: number, 
 }
 
 async function scoreWithReference(store: Store, ref: ReferenceModel, signal: ReferenceSignal, batchSize: number): Promise<void> {
-  const label = signal === 'grounding' ? 'grounding' : 'perplexity';
-  let progress = new Progress({ label, unit: 'responses' });
-  let reported = 0;
+  const progress = new Progress({ label: signal === 'grounding' ? 'grounding' : 'perplexity', unit: 'responses' });
   const s = await scoreReference(store, ref, signal, {
     batchSize,
-    onStart: ({ pendingResponses }) => { progress = new Progress({ label, unit: 'responses', total: pendingResponses }); },
-    onBatch: ({ responses }) => {
-      progress.tick(responses - reported);
-      reported = responses;
-    },
+    onStart: ({ pendingResponses }) => progress.setTotal(pendingResponses),
+    onBatch: ({ responses }) => progress.at(responses),
   });
   const rate = s.sentences / Math.max(s.seconds, 1e-9);
   progress.done(`${s.sentences} sentences of ${s.responses} responses scored with ${s.model} in ` +
@@ -153,15 +144,11 @@ async function scoreWithReference(store: Store, ref: ReferenceModel, signal: Ref
 }
 
 async function scoreWithLm(store: Store, lm: CausalLm, batchSize: number): Promise<void> {
-  let progress = new Progress({ label: 'perplexity', unit: 'responses' });
-  let reported = 0;
+  const progress = new Progress({ label: 'perplexity', unit: 'responses' });
   const s = await scoreLm(store, lm, {
     batchSize,
-    onStart: ({ pendingResponses }) => { progress = new Progress({ label: 'perplexity', unit: 'responses', total: pendingResponses }); },
-    onBatch: ({ responses }) => {
-      progress.tick(responses - reported);
-      reported = responses;
-    },
+    onStart: ({ pendingResponses }) => progress.setTotal(pendingResponses),
+    onBatch: ({ responses }) => progress.at(responses),
   });
   const rate = s.sentences / Math.max(s.seconds, 1e-9);
   progress.done(`${s.sentences} sentences of ${s.responses} responses scored with ${s.model} in ${s.seconds.toFixed(1)} s ` +

@@ -23,15 +23,11 @@ export const command: Command = {
     const batchSize = numberOption(values.batch, 'batch', 500);
     if (!Number.isInteger(batchSize) || batchSize < 1) throw new UsageError('--batch must be a positive integer');
     await withStore(values.db, async (store) => {
-      let progress = new Progress({ label: 'segment', unit: 'pairs' });
-      let reported = 0;
+      const progress = new Progress({ label: 'segment', unit: 'pairs' });
       const result = await segmentStage(store, {
         batchSize,
-        onStart: (pending) => { progress = new Progress({ label: 'segment', unit: 'pairs', total: pending }); },
-        onBatch: ({ pairs, sentences }) => {
-          progress.tick(pairs - reported, `${sentences.toLocaleString('en-US')} sentences`);
-          reported = pairs;
-        },
+        onStart: (pending) => progress.setTotal(pending),
+        onBatch: ({ pairs, sentences }) => progress.at(pairs, `${sentences.toLocaleString('en-US')} sentences`),
       });
       progress.done(`${result.pairs} pairs segmented into ${result.sentences} sentences (${result.shared} shared by ` +
         `both sides), ${result.alreadyDone} pairs already done, in ${progress.seconds.toFixed(1)} s`);
