@@ -8,7 +8,7 @@ import sharp from 'sharp';
 import { tableToIPC, vectorFromArray, Binary, Utf8, Table } from 'apache-arrow';
 import { ingest, pairId, type IngestOptions } from '../src/ingest/ingest.js';
 import { removeSpans } from '../src/ingest/rows.js';
-import { sha256Hex } from '../src/ingest/images.js';
+import { sha256Hex } from '../src/util/hash.js';
 import { Store, withStore } from '../src/store/store.js';
 import { CLI, sharedPath, tempDir } from './support.js';
 

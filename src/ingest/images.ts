@@ -3,7 +3,7 @@
  * file fails here, not in training), bounded by a pixel limit against decompression bombs, and identified by the
  * sha256 of its bytes so each distinct image is stored once.
  */
-import { createHash } from 'node:crypto';
+import { sha256Hex } from '../util/hash.js';
 import { readFile, realpath } from 'node:fs/promises';
 import path from 'node:path';
 import sharp, { type OutputInfo } from 'sharp';
@@ -39,9 +39,6 @@ export class ImageError extends Error {
 
 export const DEFAULT_MAX_PIXELS = 64_000_000;
 
-export function sha256Hex(bytes: Uint8Array | string): string {
-  return createHash('sha256').update(bytes).digest('hex');
-}
 
 /** Resolves a path inside `root`, refusing anything that escapes it (`..`, absolute paths elsewhere, symlinks out). */
 export async function resolveInside(root: string, ref: string): Promise<string> {

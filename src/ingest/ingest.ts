@@ -10,7 +10,8 @@ import os from 'node:os';
 import path from 'node:path';
 import pLimit from 'p-limit';
 import type { Store } from '../store/store.js';
-import { decodeImage, ImageError, loadImageBytes, sha256Hex, type StoredImage } from './images.js';
+import { sha256Hex } from '../util/hash.js';
+import { decodeImage, ImageError, loadImageBytes, type StoredImage } from './images.js';
 import { detectFileFormat, readRows, type FileFormat, type SourceRow } from './readers.js';
 import { readRow, RowError, type ImageRef, type RawPair, type RowLayout } from './rows.js';
 

@@ -4,7 +4,7 @@
  * reference pass), and the grounding similarity (mean per-token log-prob gain of a sentence given its image over
  * the same model given no image). Each response is encoded exactly as training encodes it (`encodePromptResponse`).
  */
-import { createHash } from 'node:crypto';
+import { sha256Hex } from '../util/hash.js';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import type { ColumnKind, Store } from '../store/store.js';
@@ -89,9 +89,7 @@ export function groundingGain(withImage: SentenceLogProb, withoutImage: Sentence
 export async function loadReferenceModel(dir: string): Promise<ReferenceModel> {
   const { model, tokenizer } = await loadModel(dir);
   const manifest = JSON.parse(await fs.readFile(path.join(dir, 'manifest.json'), 'utf8')) as { files: Record<string, string> };
-  const digest = createHash('sha256')
-    .update(['config.json', 'tokenizer.json', 'weights.json', 'weights.bin'].map((f) => `${f}:${manifest.files[f]}`).join('\n'))
-    .digest('hex');
+  const digest = sha256Hex(['config.json', 'tokenizer.json', 'weights.json', 'weights.bin'].map((f) => `${f}:${manifest.files[f]}`).join('\n'));
   return { model, tokenizer, modelId: `${path.basename(path.resolve(dir))}@${digest.slice(0, 16)}` };
 }
 

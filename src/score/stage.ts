@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { sha256Hex } from '../util/hash.js';
 import type { Tensor as HfTensor } from '@huggingface/transformers';
 import type { ColumnKind, Store } from '../store/store.js';
 import { ClipEncoder, dot, type ClipDevice, type TextBatch } from './clip.js';
@@ -61,7 +61,6 @@ const CACHE_ROW_KINDS: ColumnKind[] = ['varchar', 'varchar', 'varchar', 'double'
 
 interface PendingSentence { pair_id: string; side: string; idx: number; text: string; image_id: string }
 
-const textKey = (text: string): string => createHash('sha256').update(text, 'utf8').digest('hex');
 
 /**
  * Scores every sentence of every pair with an image by the image–text cosine similarity of `encoder`, writing
@@ -103,7 +102,7 @@ export async function scoreSimilarity(store: Store, encoder: ClipEncoder, option
     const last = images[images.length - 1]!.image_id;
     const rows = await store.all<PendingSentence>(
       `SELECT s.pair_id, s.side, s.idx, s.text, p.image_id ${PENDING} AND p.image_id BETWEEN $2 AND $3`, [model, first, last]);
-    const keys = rows.map((row) => textKey(row.text));
+    const keys = rows.map((row) => sha256Hex(row.text));
     const cached = new Map<string, { similarity: number; truncated: boolean }>();
     for (const hit of await store.all<{ image_id: string; text_sha256: string; similarity: number; truncated: boolean }>(
       `SELECT image_id, text_sha256, similarity, truncated FROM similarity_cache

@@ -14,7 +14,8 @@
  * into place, so a crash never leaves a folder that loads: a folder without a manifest,
  * or whose files do not match their sha256, is refused.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
+import { sha256Hex } from '../util/hash.js';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { Tokenizer, type TokenizerJSON } from './tokenizer.js';
@@ -40,9 +41,6 @@ interface Manifest {
 
 interface WeightEntry { name: string; shape: number[]; offset: number }
 
-function sha256(data: Buffer | string): string {
-  return createHash('sha256').update(data).digest('hex');
-}
 
 function packTensors(config: ModelConfig, tensors: Record<string, Float32Array>, what: string): { index: WeightEntry[]; bytes: Buffer } {
   const index: WeightEntry[] = [];
@@ -118,7 +116,7 @@ export async function saveCheckpoint(dir: string, contents: CheckpointContents):
     const manifest: Manifest = { format: CHECKPOINT_FORMAT, files: {}, created_at: new Date().toISOString() };
     for (const [name, data] of Object.entries(files)) {
       await writeSynced(path.join(temp, name), data);
-      manifest.files[name] = sha256(data);
+      manifest.files[name] = sha256Hex(data);
     }
     await writeSynced(path.join(temp, 'manifest.json'), JSON.stringify(manifest, null, 2));
     await syncDir(temp);
@@ -156,7 +154,7 @@ export async function loadCheckpoint(dir: string): Promise<CheckpointContents> {
   const files: Record<string, Buffer> = {};
   for (const [name, digest] of Object.entries(manifest.files ?? {})) {
     const data = await fs.readFile(path.join(dir, name)).catch(() => fail(`${name} is missing`));
-    if (sha256(data) !== digest) fail(`${name} does not match its sha256 in manifest.json`);
+    if (sha256Hex(data) !== digest) fail(`${name} does not match its sha256 in manifest.json`);
     files[name] = data;
   }
   for (const required of ['config.json', 'tokenizer.json', 'weights.json', 'weights.bin']) {
