@@ -32,6 +32,6 @@ export { TRAIN_SCHEMA } from './train/schema.js';
 export { ClipEncoder, ClipModelError, CLIP_MODEL_FILES, fitToContext, normalizeRows, onnxRuntimeHasCuda, type ClipDevice, type ClipLoadOptions, type TextBatch, type PreprocessedImages } from './score/clip.js';
 export { scoreSimilarity, scoreStore, DEFAULT_SCORE_BATCH_SIZE, DEFAULT_COMMIT_SENTENCES, type ScoreOptions, type ScoreSummary } from './score/stage.js';
 export { SCORE_SCHEMA } from './score/schema.js';
-export { scoreReference, loadReferenceModel, sentenceLogProbs, perplexity, groundingGain, DEFAULT_REF_BATCH_SIZE, type ReferenceModel, type ReferenceSignal, type ReferenceScoreOptions, type ReferenceScoreSummary, type SentenceLogProb } from './score/perplexity.js';
-export { loadCausalLm, scoreLm, rowTokenLogProbs, contextLength, LmModelError, LM_MODEL_FILES, DEFAULT_LM_BATCH_SIZE, type CausalLm, type LmScoreSummary } from './score/lm.js';
+export { scoreReference, loadReferenceModel, sentenceLogProbs, perplexity, groundingGain, DEFAULT_REF_BATCH_SIZE, type ReferenceModel, type ReferenceSignal, type ReferenceScoreOptions, type ReferenceScoreSummary, type ResponseScoreSummary, type SentenceLogProb } from './score/perplexity.js';
+export { loadCausalLm, scoreLm, rowTokenLogProbs, contextLength, LmModelError, LM_MODEL_FILES, DEFAULT_LM_BATCH_SIZE, type CausalLm } from './score/lm.js';
 export { isLocalModel, checkModelFolder, modelId } from './score/model-folder.js';

@@ -10,7 +10,7 @@ import type { PreTrainedModel, PreTrainedTokenizer, Tensor as HfTensor } from '@
 import type { Store } from '../store/store.js';
 import { encodeWithSentences, hfOffsetTokenizer, type OffsetTokenizer, type Span } from '../segment/align.js';
 import { checkModelFolder, isLocalModel, modelId } from './model-folder.js';
-import { pendingResponses, perplexityRow, sentenceLogProbs, writePerplexityRows, type PendingResponse, type ReferenceScoreOptions } from './perplexity.js';
+import { pendingResponses, perplexityRow, sentenceLogProbs, writePerplexityRows, type PendingResponse, type ReferenceScoreOptions, type ResponseScoreSummary } from './perplexity.js';
 
 export const DEFAULT_LM_BATCH_SIZE = 8;
 
@@ -28,19 +28,6 @@ export interface CausalLm {
   /** Per row, log p(ids[t] | ids[<t]) for t = 1..n−1 (one model call; rows padded on the right). */
   tokenLogProbs(rows: readonly number[][]): Promise<Float64Array[]>;
   dispose(): Promise<void>;
-}
-
-
-export interface LmScoreSummary {
-  model: string;
-  responses: number;
-  sentences: number;
-  /** Sentences given no scored token (n_tokens 0, ppl NULL). */
-  emptySentences: number;
-  /** Responses skipped because prompt + response exceed the model's max length (never truncated). */
-  tooLong: number;
-  modelSeconds: number;
-  seconds: number;
 }
 
 /**
@@ -138,12 +125,12 @@ interface EncodedRow { response: PendingResponse; ids: number[]; sentenceIds: nu
  * skipped. A token gets a log-prob only when something precedes it, so without a BOS token and with an empty
  * prompt, the first token of the response is not counted.
  */
-export async function scoreLm(store: Store, lm: CausalLm, options: ReferenceScoreOptions = {}): Promise<LmScoreSummary> {
+export async function scoreLm(store: Store, lm: CausalLm, options: ReferenceScoreOptions = {}): Promise<ResponseScoreSummary> {
   const started = performance.now();
   const batchSize = options.batchSize ?? DEFAULT_LM_BATCH_SIZE;
   if (!Number.isInteger(batchSize) || batchSize < 1) throw new Error(`batchSize must be a positive integer, got ${batchSize}`);
   const pending = await pendingResponses(store, 'ppl_model', lm.modelId);
-  const summary: LmScoreSummary = { model: lm.modelId, responses: 0, sentences: 0, emptySentences: 0, tooLong: 0, modelSeconds: 0, seconds: 0 };
+  const summary: ResponseScoreSummary = { model: lm.modelId, responses: 0, sentences: 0, emptySentences: 0, tooLong: 0, modelSeconds: 0, seconds: 0 };
   options.onStart?.({ pendingResponses: pending.length });
   for (let b = 0; b < pending.length; b += batchSize) {
     const encoded: EncodedRow[] = [];

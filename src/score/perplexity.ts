@@ -36,25 +36,29 @@ export interface ReferenceScoreOptions {
   onBatch?: (progress: { responses: number; sentences: number; total: number }) => void;
 }
 
-export interface ReferenceScoreSummary {
-  signal: ReferenceSignal;
-  /** `ppl_model` (perplexity) or `similarity_model` (grounding:<model id>) written. */
+/** What a scorer that runs a model over whole responses (`--ref`, `--lm`) did. */
+export interface ResponseScoreSummary {
+  /** The model id written (`ppl_model`, or `similarity_model` for grounding). */
   model: string;
   /** Responses and sentences written by this run. */
   responses: number;
   sentences: number;
-  /** Sentences given no token by the tokenizer (a token straddling the boundary): n_tokens 0, ppl and similarity NULL. */
+  /** Sentences given no token of their own (a token straddling the boundary): n_tokens 0, ppl NULL. */
   emptySentences: number;
-  /** Responses skipped because BOS + prompt + response exceed the model's text positions (never truncated). */
+  /** Responses skipped because they exceed the model's context (never truncated). */
   tooLong: number;
+  modelSeconds: number;
+  seconds: number;
+}
+
+export interface ReferenceScoreSummary extends ResponseScoreSummary {
+  signal: ReferenceSignal;
   /** Responses skipped because they cannot be encoded as training does (prompt running into the response inside a token). */
   unencodable: number;
   /** Responses skipped because their image cannot be decoded. */
   imageErrors: number;
   /** Responses of pairs without an image: run without an image (perplexity) or not scored (grounding). */
   textOnlyResponses: number;
-  modelSeconds: number;
-  seconds: number;
 }
 
 /** Per sentence of a response: Σ log p over its tokens and their count. */
