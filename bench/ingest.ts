@@ -1,7 +1,7 @@
 /**
  * Ingest throughput, against baselines measured in the same run.
  *
- *   node dist/bench/ingest.js [--pairs 1000000] [--images 2000] [--out bench-output/ingest]
+ *   node dist/bench/ingest.js [--pairs 1000000] [--images 2000] [--out bench-output/ingest] [--js]
  *
  * Text: N generated pairs in JSON Lines → store, vs DuckDB's own read_json loading the same file into a table
  * (the practical ceiling). Each side runs in its own child process so peak RSS is its own.
@@ -79,7 +79,7 @@ async function writeImageDataset(dir: string, count: number): Promise<string> {
 }
 
 /** Runs this script in a child process for one measured task; returns its JSON result. */
-function child(task: string, args: string[]): { seconds: number; rows: number; maxRssMb: number } {
+function child(task: string, args: string[]): { seconds: number; rows: number; maxRssMb: number; fastRows?: number } {
   const result = spawnSync(process.execPath, [fileURLToPath(import.meta.url), '--task', task, ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
   if (result.status !== 0) throw new Error(`${task} failed`);
   return JSON.parse(result.stdout.trim().split('\n').at(-1)!);
@@ -90,6 +90,7 @@ async function task(name: string, file: string, db: string): Promise<void> {
   rmSync(`${db}.wal`, { force: true });
   const started = performance.now();
   let rows: number;
+  let fastRows: number | undefined;
   if (name === 'duckdb') {
     const instance = await DuckDBInstance.create(db);
     const connection = await instance.connect();
@@ -99,11 +100,13 @@ async function task(name: string, file: string, db: string): Promise<void> {
     instance.closeSync();
   } else {
     const store = await Store.open(db);
-    rows = (await ingest(store, [file])).ingested;
+    const summary = await ingest(store, [file], { fastPath: name !== 'ingest-js' });
+    rows = summary.ingested;
+    fastRows = summary.fastRows;
     store.close();
   }
   const seconds = (performance.now() - started) / 1000;
-  process.stdout.write(JSON.stringify({ seconds, rows, maxRssMb: process.resourceUsage().maxRSS / 1024 }) + '\n');
+  process.stdout.write(JSON.stringify({ seconds, rows, fastRows, maxRssMb: process.resourceUsage().maxRSS / 1024 }) + '\n');
 }
 
 async function main(): Promise<void> {
@@ -115,6 +118,8 @@ async function main(): Promise<void> {
       task: { type: 'string' },
       file: { type: 'string' },
       db: { type: 'string' },
+      // Also time the JavaScript path alone (the fast path switched off), for comparison.
+      js: { type: 'boolean', default: false },
     },
   });
   if (values.task) return task(values.task, values.file!, values.db!);
@@ -133,7 +138,11 @@ async function main(): Promise<void> {
   console.log(`| path | seconds | pairs/s | peak RSS |`);
   console.log(`|---|---|---|---|`);
   console.log(`| DuckDB read_json → table (ceiling) | ${duck.seconds.toFixed(2)} | ${Math.round(rate(duck)).toLocaleString('en-US')} | ${duck.maxRssMb.toFixed(0)} MB |`);
-  console.log(`| aspo ingest | ${ours.seconds.toFixed(2)} | ${Math.round(rate(ours)).toLocaleString('en-US')} | ${ours.maxRssMb.toFixed(0)} MB |`);
+  console.log(`| aspo ingest (${ours.fastRows?.toLocaleString('en-US')} rows on the fast path) | ${ours.seconds.toFixed(2)} | ${Math.round(rate(ours)).toLocaleString('en-US')} | ${ours.maxRssMb.toFixed(0)} MB |`);
+  if (values.js) {
+    const js = child('ingest-js', ['--file', textFile, '--db', path.join(out, 'ours-js.duckdb')]);
+    console.log(`| aspo ingest, JavaScript path only | ${js.seconds.toFixed(2)} | ${Math.round(rate(js)).toLocaleString('en-US')} | ${js.maxRssMb.toFixed(0)} MB |`);
+  }
   console.log(`\nratio ours/DuckDB = ${(rate(ours) / rate(duck)).toFixed(2)} (target ≥ 0.5), peak RSS ${ours.maxRssMb.toFixed(0)} MB (target < 1024)\n`);
 
   const imageCount = Number(values.images);

@@ -263,7 +263,9 @@ test('a run killed with SIGKILL and re-run ends with exactly the rows of one cle
   const n = 80_000;
   const lines: string[] = [];
   for (let i = 0; i < n; i++) {
-    lines.push(i % 997 === 5 ? '{oops' : JSON.stringify({ prompt: `Question ${i}?`, chosen: `Answer ${i}. It is right.`, rejected: `Answer ${i + 1}. It is wrong.` }));
+    // The `n` field (kept in meta) sends every row through the JavaScript path, which commits as it goes; the fast
+    // path's own kill test is in ingest-fast.test.ts.
+    lines.push(i % 997 === 5 ? '{oops' : JSON.stringify({ prompt: `Question ${i}?`, chosen: `Answer ${i}. It is right.`, rejected: `Answer ${i + 1}. It is wrong.`, n: i }));
   }
   const dataset = path.join(dir, 'big.jsonl');
   writeFileSync(dataset, lines.join('\n') + '\n');

@@ -112,7 +112,18 @@ function referenceLogProbs(config: ModelConfig, w: Record<string, Float32Array>,
         for (let ch = 0; ch < c; ch++) patch[(dy * p + dx) * c + ch] = map(gy * p + dy, gx * p + dx, ch);
       }
     }
-    seq.push(affine(patch, w['patch.w']!, w['patch.b']!, d));
+    if (config.patchHidden) {
+      // the grid row and column as one-hot features after the patch's own, then a GELU hidden layer
+      const withPlace = new Float64Array(patch.length + 2 * g);
+      withPlace.set(patch);
+      withPlace[patch.length + gy] = 1;
+      withPlace[patch.length + g + gx] = 1;
+      const geluOf = (u: number) => 0.5 * u * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (u + 0.044715 * u ** 3)));
+      const hidden = affine(withPlace, w['patch.hidden.w']!, w['patch.hidden.b']!, config.patchHidden).map(geluOf);
+      seq.push(affine(hidden, w['patch.w']!, w['patch.b']!, d));
+    } else {
+      seq.push(affine(patch, w['patch.w']!, w['patch.b']!, d));
+    }
   }
 
   const inputs = [BOS_ID, ...prompt, ...response];
@@ -184,8 +195,8 @@ test('the benchmark configuration has the issue\'s ≈0.97 M parameters', () => 
   model.dispose();
 });
 
-for (const stemChannels of [0, 3]) test(`log-probs match an independent float64 forward pass (with image, without image; stem ${stemChannels})`, async () => {
-  const config = { ...TINY, layers: 2, imageSize: 16, patchSize: 8, stemChannels };
+for (const [stemChannels, patchHidden] of [[0, 0], [3, 0], [0, 5], [3, 5]] as const) test(`log-probs match an independent float64 forward pass (with image, without image; stem ${stemChannels}, patch hidden ${patchHidden})`, async () => {
+  const config = { ...TINY, layers: 2, imageSize: 16, patchSize: 8, stemChannels, patchHidden };
   const model = VisionLanguageModel.init(config, 7);
   const weights = await model.values();
   const image = randomImage(3, config);

@@ -1,7 +1,7 @@
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { initBackend } from '../src/train/backend.js';
 import {
@@ -25,7 +25,9 @@ function tinyOptions(out: string, overrides: Partial<SftOptions> = {}): SftOptio
   return {
     ...DEFAULT_SFT_OPTIONS,
     data: dataDir, out, batchSize: 12, lr: 1e-2, warmupSteps: 5, evalEvery: 0, saveEvery: 0, logEvery: 5,
-    model: { ...DEFAULT_SFT_OPTIONS.model, width: 32, layers: 1, heads: 2, mlpRatio: 2, context: 16 + 12 },
+    model: {
+      ...DEFAULT_SFT_OPTIONS.model, width: 32, layers: 1, heads: 2, mlpRatio: 2, context: 16 + 12, imageSize: 64, patchSize: 16, stemChannels: 0,
+    },
     ...overrides,
   };
 }
@@ -47,6 +49,39 @@ test('SFT on the shapes world learns in seconds: loss falls, held-out sentence a
   assert.ok(metrics.series('train', 'tokens_per_s').every((v) => v > 0));
   assert.equal(metrics.status, 'finished');
   trainer.dispose();
+});
+
+test('held-out accuracy is broken down by probe kind when the eval file names the kinds', async () => {
+  // the fixture's probes change the colour (first) or the shape (second); label them so
+  const evalFile = path.join(tempDir(), 'eval.jsonl');
+  const labelled = readFileSync(path.join(dataDir, 'eval.jsonl'), 'utf8').trim().split('\n').map((line) => {
+    const row = JSON.parse(line) as { image: string; probes: Array<Record<string, string>> };
+    row.image = path.join(dataDir, row.image);
+    row.probes[0]!.kind = 'colour';
+    row.probes[1]!.kind = 'shape';
+    return JSON.stringify(row);
+  });
+  writeFileSync(evalFile, labelled.join('\n') + '\n');
+  const data = await readSftData(dataDir, evalFile);
+  assert.deepEqual(data.eval![0]!.probes.map((p) => p.kind), ['colour', 'shape']);
+  const trainer = await SftTrainer.create(tinyOptions(path.join(tempDir(), 'ckpt'), { steps: 10, eval: evalFile }), data);
+  const metrics = new MemoryMetrics();
+  const result = await runSft(trainer, { metrics });
+  const { byKind, sentenceAccuracy, probes } = result.eval!;
+  assert.deepEqual(Object.keys(byKind), ['colour', 'shape']);
+  assert.equal(byKind.colour!.probes, 12);
+  assert.equal(byKind.shape!.probes, 12);
+  // every probe has a kind here, so the overall figure is the probe-weighted mean of the kinds'
+  const weighted = (byKind.colour!.accuracy * 12 + byKind.shape!.accuracy * 12) / probes;
+  assert.ok(Math.abs(weighted - sentenceAccuracy) < 1e-12, `${weighted} vs ${sentenceAccuracy}`);
+  const logged = metrics.rows.filter((r) => r.split === 'eval' && r.step === 10 && r.name.startsWith('sentence_accuracy.'));
+  assert.deepEqual(logged.map((r) => [r.name, r.value]).sort(),
+    [['sentence_accuracy.colour', byKind.colour!.accuracy], ['sentence_accuracy.shape', byKind.shape!.accuracy]]);
+  // without kinds (the fixture's own file) there is no breakdown
+  const plain = await SftTrainer.create(tinyOptions(path.join(tempDir(), 'ckpt')), await readSftData(dataDir));
+  assert.deepEqual((await plain.evaluate())!.byKind, {});
+  trainer.dispose();
+  plain.dispose();
 });
 
 test('resuming from a checkpoint ends with exactly the weights of an uninterrupted run', async () => {
@@ -107,6 +142,8 @@ test('bad data files give errors naming the file, line and field', async () => {
   const evalFile = path.join(dir, 'eval.jsonl');
   writeFileSync(evalFile, '{"image": null, "prompt": "Hi.", "response": "Yo.", "probes": [{"true": "Yo."}]}\n');
   await assert.rejects(readEvalFile(evalFile), /eval\.jsonl:1: field "false" is missing/);
+  writeFileSync(evalFile, '{"image": null, "prompt": "Hi.", "response": "Yo.", "probes": [{"true": "Yo.", "false": "No.", "kind": 3}]}\n');
+  await assert.rejects(readEvalFile(evalFile), /eval\.jsonl:1: field "kind" must be a string/);
   const rows = await readSftFile(path.join(dataDir, 'sft.jsonl'));
   assert.equal(rows[0]!.image, path.join(dataDir, 'images', path.basename(rows[0]!.image!)));
 });

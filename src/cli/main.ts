@@ -27,9 +27,23 @@ const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }
     summary: 'train the small vision-language model (--objective sft: the reference model)',
     load: async () => (await import('./commands/train.js')).command,
   },
+  evaluate: {
+    summary: 'describe held-out synthetic images with a model and measure its hallucination rate',
+    load: async () => (await import('./commands/evaluate.js')).command,
+  },
+  shard: { summary: 'write training shards (Arrow IPC or Parquet) of the segmented pairs, with a verifiable manifest', load: async () => (await import('./commands/shard.js')).command },
+  rewards: {
+    summary: 'write the implicit reward of every sentence under a trained policy, from shards (sentence_rewards)',
+    load: async () => (await import('./commands/rewards.js')).command,
+  },
   query: {
     summary: 'run a read-only SQL query against the store and print the result',
     load: async () => (await import('./commands/query.js')).command,
+  },
+  report: { summary: 'write a self-contained HTML report of a store (counts, distributions, ROC, training curves)', load: async () => (await import('./commands/report.js')).command },
+  export: {
+    summary: 'write a table or query (Parquet, Arrow, CSV, JSON Lines) or the pairs as a TRL or ASPO-reference dataset',
+    load: async () => (await import('./commands/export.js')).command,
   },
   loss: {
     summary: 'evaluate the sentence-level (ASPO) or DPO loss and its gradients on JSON cases from stdin',

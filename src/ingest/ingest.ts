@@ -11,8 +11,9 @@ import path from 'node:path';
 import pLimit from 'p-limit';
 import type { Store } from '../store/store.js';
 import { sha256Hex } from '../util/hash.js';
+import { dropStage, firstFastLines, insertFastPairs, looksSimple, readableByDuckDb, routedLines, stageLines } from './fast.js';
 import { decodeImage, ImageError, loadImageBytes, type StoredImage } from './images.js';
-import { detectFileFormat, readRows, type FileFormat, type SourceRow } from './readers.js';
+import { detectFileFormat, lineRow, readRows, type FileFormat, type RowBatch, type SourceRow } from './readers.js';
 import { readRow, RowError, type ImageRef, type RawPair, type RowLayout } from './rows.js';
 
 export interface IngestOptions {
@@ -37,6 +38,9 @@ export interface IngestOptions {
   duckdbMemory?: string;
   /** Images read and decoded at once. */
   concurrency?: number;
+  /** Let DuckDB read the simple rows of JSON Lines files itself (default true); false sends every row through the
+   *  JavaScript path. The stored result is the same either way (see fast.ts). */
+  fastPath?: boolean;
   onProgress?: (event: ProgressEvent) => void;
 }
 
@@ -65,6 +69,8 @@ export interface IngestSummary {
   imagesDropped: number;
   /** Distinct images added to the store. */
   newImages: number;
+  /** Of the rows read, those DuckDB read and checked itself (the fast path for simple JSON Lines rows). */
+  fastRows: number;
   seconds: number;
 }
 
@@ -110,12 +116,12 @@ function rawText(row: SourceRow): string {
 export async function ingest(store: Store, files: readonly string[], options: IngestOptions = {}): Promise<IngestSummary> {
   const started = performance.now();
   await store.run('CREATE TEMP TABLE IF NOT EXISTS stage_rejects AS SELECT * FROM rejects LIMIT 0');
-  const ids = async (sql: string) => new Set(((await store.connection.runAndReadAll(sql)).getColumnsJS()[0] ?? []) as string[]);
   const run: Run = {
     store, options,
-    summary: { files: files.length, read: 0, ingested: 0, duplicates: 0, rejected: 0, ties: 0, imagesDropped: 0, newImages: 0, seconds: 0 },
-    knownPairs: await ids('SELECT pair_id FROM pairs'),
-    knownImages: await ids('SELECT image_id FROM images'),
+    summary: { files: files.length, read: 0, ingested: 0, duplicates: 0, rejected: 0, ties: 0, imagesDropped: 0, newImages: 0, fastRows: 0, seconds: 0 },
+    knownPairs: new Set(),
+    knownPairsStale: true,
+    knownImages: await storedIds(store, 'SELECT image_id FROM images'),
     decoding: new Map(),
     limit: pLimit(options.concurrency ?? Math.max(2, os.availableParallelism() * 2)),
     uncommittedRows: 0,
@@ -145,6 +151,11 @@ interface Run {
   /** Ids already stored (or written by this run): deduplicated here rather than by a DuckDB primary key, whose index
    *  upkeep would cost four times the whole load. */
   knownPairs: Set<string>;
+  /** knownPairs is to be (re)loaded before its next use: at the start, and after the fast path has written pairs
+   *  (loaded only when the JavaScript path needs it, so a fast-path-only ingest never holds the ids in memory). */
+  knownPairsStale: boolean;
+  /** While the JavaScript path handles the lines the fast path left it, the file they come from. */
+  fastSource?: string;
   knownImages: Set<string>;
   /** Images of this run not yet written, by sha256: each distinct image is decoded once. */
   decoding: Map<string, Promise<StoredImage | ImageError>>;
@@ -154,11 +165,15 @@ interface Run {
   rowsRead: number;
 }
 
+async function storedIds(store: Store, sql: string): Promise<Set<string>> {
+  return new Set(((await store.connection.runAndReadAll(sql)).getColumnsJS()[0] ?? []) as string[]);
+}
+
 /** What became of one pair's image: stored or to be stored (sha), failed, or none. */
 type ImageOutcome = { sha: string; stored?: StoredImage } | ImageError | null;
 
 async function ingestFile(run: Run, file: string): Promise<void> {
-  const { options, summary } = run;
+  const { options } = run;
   const source = path.resolve(file);
   const info = await stat(source).catch(() => {
     throw new Error(`${file}: no such file`);
@@ -167,8 +182,76 @@ async function ingestFile(run: Run, file: string): Promise<void> {
   const totalBytes = info.size;
   const format = !options.format || options.format === 'auto' ? await detectFileFormat(source) : options.format;
   const root = path.resolve(options.images ?? path.dirname(source));
+  const fastLayout = !options.layout || options.layout === 'auto' || options.layout === 'trl' || options.layout === 'rlaif-v';
+  if (format === 'jsonl' && options.fastPath !== false && fastLayout && !options.imageField && readableByDuckDb(source) &&
+      await looksSimple(source) && await ingestFast(run, file, source, root, totalBytes)) return;
+  await ingestBatches(run, file, source, format, root, totalBytes, () => readRows(source, format, options.batchSize ?? DEFAULT_BATCH_SIZE, run.store));
+}
+
+/**
+ * A JSON Lines file through the fast path: DuckDB stages every line, JavaScript handles the lines it routed back
+ * (first, so that its pairs are stored before the fast ones are checked against the store), then the fast pairs are
+ * inserted. Returns false, having written nothing, when DuckDB cannot read the file line by line.
+ */
+async function ingestFast(run: Run, file: string, source: string, root: string, totalBytes: number): Promise<boolean> {
+  const { store, summary, options } = run;
+  // Staging runs outside the ingest transaction: a file DuckDB refuses must not abort it.
+  await store.run('COMMIT');
+  run.uncommittedRows = 0;
+  let staged = true;
+  try {
+    await stageLines(store, source);
+  } catch {
+    staged = false;
+  }
+  await store.run('BEGIN TRANSACTION');
+  if (!staged) return false;
+  const batchSize = options.batchSize ?? DEFAULT_BATCH_SIZE;
+  try {
+    run.fastSource = source;
+    await ingestBatches(run, file, source, 'jsonl', root, totalBytes, (settled) => routedBatches(run.store, batchSize, settled));
+    run.fastSource = undefined;
+    const { taken, inserted } = await insertFastPairs(store, source);
+    run.knownPairsStale = true;
+    summary.read += taken;
+    summary.fastRows += taken;
+    summary.ingested += inserted;
+    summary.duplicates += taken - inserted;
+    run.rowsRead += taken;
+    run.uncommittedRows += taken;
+    if (run.uncommittedRows >= (options.commitRows ?? DEFAULT_COMMIT_ROWS)) {
+      await store.run('COMMIT');
+      await store.run('BEGIN TRANSACTION');
+      run.uncommittedRows = 0;
+    }
+    options.onProgress?.({ file, rows: run.rowsRead, bytesRead: totalBytes, totalBytes });
+  } finally {
+    run.fastSource = undefined;
+    await dropStage(store).catch(() => {});
+  }
+  return true;
+}
+
+/** The lines the fast path routed to JavaScript, as rows, fetched only while no write is running. */
+async function* routedBatches(store: Store, batchSize: number, settled: () => Promise<void>): AsyncGenerator<RowBatch> {
+  let after = -1;
+  for (;;) {
+    await settled();
+    const lines = await routedLines(store, after, batchSize);
+    if (!lines.length) return;
+    after = Number(lines.at(-1)!.line);
+    yield { rows: lines.flatMap(({ line, text }) => lineRow(Number(line), text) ?? []), bytesRead: 0 };
+  }
+}
+
+async function ingestBatches(run: Run, file: string, source: string, format: FileFormat, root: string, totalBytes: number,
+  batches: (settled: () => Promise<void>) => AsyncIterable<RowBatch>): Promise<void> {
+  const { options, summary } = run;
   const inFlight: Promise<void>[] = [];
-  for await (const batch of readRows(source, format, options.batchSize ?? DEFAULT_BATCH_SIZE, run.store)) {
+  const settled = async () => {
+    await Promise.all(inFlight);
+  };
+  for await (const batch of batches(settled)) {
     const rejects: Reject[] = [];
     const pending: { row: SourceRow; pair: RawPair }[] = [];
     for (const row of batch.rows) {
@@ -281,8 +364,20 @@ function readyPairs(run: Run, pending: { row: SourceRow; pair: RawPair }[], outc
 /** Writes one batch inside the open transaction; returns how many pairs and images were new. */
 async function writeBatch(run: Run, source: string, format: string, ready: ReadyPair[], images: StoredImage[], rejects: Reject[]):
   Promise<{ pairs: number; images: number }> {
-  const { store, knownPairs, knownImages } = run;
-  const fresh = ready.filter((p) => !knownPairs.has(p.pairId) && knownPairs.add(p.pairId));
+  const { store, knownImages } = run;
+  if (run.knownPairsStale) {
+    run.knownPairs = await storedIds(store, 'SELECT pair_id FROM pairs');
+    run.knownPairsStale = false;
+  }
+  const knownPairs = run.knownPairs;
+  // A routed line's pair loses to the same pair on an earlier line the fast path will insert, and wins over a later one.
+  const fastLines = run.fastSource === source ? await firstFastLines(store, ready.map((p) => p.pairId).filter((id) => !knownPairs.has(id))) : undefined;
+  const fresh = ready.filter((p) => {
+    if (knownPairs.has(p.pairId)) return false;
+    knownPairs.add(p.pairId);
+    const fastLine = fastLines?.get(p.pairId);
+    return fastLine === undefined || fastLine > p.sourceRow;
+  });
   // An image decoded for one chunk can come back in a later chunk still queued behind it.
   const newImages = images.filter((im) => !knownImages.has(im.imageId));
   await store.append('images', ['varchar', 'varchar', 'integer', 'integer', 'integer', 'integer', 'varchar', 'bigint', 'blob', 'varchar'],

@@ -67,15 +67,20 @@ function parseRow(row: number, raw: string): SourceRow {
   }
 }
 
+/** One line of a JSON Lines file as a row (index = the line's 0-based index), or undefined for a blank line. */
+export function lineRow(index: number, text: string): SourceRow | undefined {
+  const trimmed = text.trim();
+  return trimmed ? parseRow(index, index === 0 ? trimmed.replace(/^\uFEFF/, '') : trimmed) : undefined;
+}
+
 async function* readJsonLines(file: string, batchSize: number): AsyncGenerator<RowBatch> {
   let carry: Buffer = Buffer.alloc(0);
   let line = 0;
   let bytesRead = 0;
   let rows: SourceRow[] = [];
   const take = (text: string) => {
-    const index = line++;
-    const trimmed = text.trim();
-    if (trimmed) rows.push(parseRow(index, index === 0 ? trimmed.replace(/^\uFEFF/, '') : trimmed));
+    const row = lineRow(line++, text);
+    if (row) rows.push(row);
   };
   for await (const chunk of createReadStream(file, { highWaterMark: CHUNK })) {
     bytesRead += (chunk as Buffer).length;

@@ -3,6 +3,7 @@ import { INGEST_SCHEMA } from '../ingest/schema.js';
 import { SEGMENT_SCHEMA } from '../segment/schema.js';
 import { TRAIN_SCHEMA } from '../train/schema.js';
 import { SCORE_SCHEMA } from '../score/schema.js';
+import { REWARDS_SCHEMA } from '../rewards/schema.js';
 
 export interface Migration {
   version: number;
@@ -20,6 +21,7 @@ export const MIGRATIONS: readonly Migration[] = [
   SEGMENT_SCHEMA,
   TRAIN_SCHEMA,
   SCORE_SCHEMA,
+  REWARDS_SCHEMA,
 ];
 
 export async function migrate(store: Store): Promise<void> {

@@ -33,6 +33,13 @@ export interface ModelConfig {
    * (GELU after each), then each patch of the resulting map is projected to its token.
    */
   stemChannels: number;
+  /**
+   * 0: the patch features are projected linearly to the token. > 0: the patch features, with the patch's grid row and
+   * column appended as one-hot features, go through a hidden layer of this width (GELU) first — so a token can state
+   * where its patch is and how much of it an object fills in the token's direction, which LayerNorm keeps (it divides
+   * out the scale a linear projection of an object's pixels would carry its size in). Absent in older configs: 0.
+   */
+  patchHidden?: number;
 }
 
 /** The benchmark configuration of the model issue (≈0.97 M parameters with a 512-token vocabulary). */
@@ -45,7 +52,10 @@ export const STEM_STRIDE = 4;
 
 export function validateModelConfig(input: ModelConfig): ModelConfig {
   // checkpoints written before the stem existed have no stemChannels: a linear patch projection
-  const config = { ...input, stemChannels: input.stemChannels ?? 0 };
+  const config = { ...input, stemChannels: input.stemChannels ?? 0, patchHidden: input.patchHidden ?? 0 };
+  if (!Number.isInteger(config.patchHidden) || config.patchHidden < 0) {
+    throw new Error(`model config: patchHidden must be an integer ≥ 0, got ${config.patchHidden}`);
+  }
   if (!Number.isInteger(config.stemChannels) || config.stemChannels < 0) {
     throw new Error(`model config: stemChannels must be an integer ≥ 0, got ${config.stemChannels}`);
   }
@@ -159,16 +169,18 @@ type Weights = Record<string, tf.Variable>;
 export function parameterShapes(config: ModelConfig): Array<[string, number[]]> {
   const { width: d, vocabSize, context, layers, mlpRatio, patchSize, channels, stemChannels: c } = config;
   const shapes: Array<[string, number[]]> = [['tok_emb', [vocabSize, d]], ['pos_emb', [context, d]]];
+  let features = patchSize * patchSize * channels;
   if (c > 0) {
     const q = patchSize / STEM_STRIDE;
-    shapes.push(
-      ['stem.w1', [STEM_STRIDE * STEM_STRIDE * channels, c]], ['stem.b1', [c]],
-      ['stem.w2', [9 * c, c]], ['stem.b2', [c]],
-      ['patch.w', [q * q * c, d]], ['patch.b', [d]],
-    );
-  } else {
-    shapes.push(['patch.w', [patchSize * patchSize * channels, d]], ['patch.b', [d]]);
+    shapes.push(['stem.w1', [STEM_STRIDE * STEM_STRIDE * channels, c]], ['stem.b1', [c]], ['stem.w2', [9 * c, c]], ['stem.b2', [c]]);
+    features = q * q * c;
   }
+  const hidden = config.patchHidden ?? 0;
+  if (hidden > 0) {
+    shapes.push(['patch.hidden.w', [features + 2 * (config.imageSize / patchSize), hidden]], ['patch.hidden.b', [hidden]]);
+    features = hidden;
+  }
+  shapes.push(['patch.w', [features, d]], ['patch.b', [d]]);
   shapes.push(['no_image', [visualTokenCount(config), d]]);
   for (let l = 0; l < layers; l++) {
     shapes.push(
@@ -199,7 +211,7 @@ export function initialValues(config: ModelConfig, seed: number): Record<string,
     const leaf = name.slice(name.lastIndexOf('.') + 1);
     if (name.endsWith('.g')) data.fill(1);
     else if (shape.length > 1 || name === 'no_image') {
-      const std = name.startsWith('stem.') ? 1 / Math.sqrt(shape[0]!)
+      const std = name.startsWith('stem.') || name.startsWith('patch.hidden.') ? 1 / Math.sqrt(shape[0]!)
         : leaf === 'wo' || leaf === 'w2' ? 0.02 / Math.sqrt(2 * config.layers) : 0.02;
       for (let i = 0; i < size; i++) data[i] = std * rng.normal();
     }
@@ -284,6 +296,19 @@ export class VisionLanguageModel {
     return tf.reshape(patchify(features, q), [-1, q * q * c]);
   }
 
+  /** Patch features [B·patches, F] → the hidden layer's output [B·patches, patchHidden] (grid row and column appended). */
+  private patchHiddenLayer(features: tf.Tensor2D, batch: number): tf.Tensor2D {
+    const g = this.config.imageSize / this.config.patchSize;
+    const coordinates = new Float32Array(g * g * 2 * g);
+    for (let k = 0; k < g * g; k++) {
+      coordinates[k * 2 * g + Math.floor(k / g)] = 1;
+      coordinates[k * 2 * g + g + (k % g)] = 1;
+    }
+    const grid = tf.tile(tf.tensor2d(coordinates, [g * g, 2 * g]), [batch, 1]);
+    return gelu(dense(tf.concat([features, grid], 1), this.w('patch.hidden.w') as tf.Tensor as tf.Tensor2D,
+      this.w('patch.hidden.b') as tf.Tensor as tf.Tensor1D)) as tf.Tensor2D;
+  }
+
   private visualPrefix(batch: number, images: tf.Tensor4D | null | undefined, hasImage?: boolean[]): tf.Tensor3D {
     const d = this.config.width;
     const n = visualTokenCount(this.config);
@@ -294,7 +319,8 @@ export class VisionLanguageModel {
     }
     if (images.shape[0] !== batch) throw new Error(`batch: ${batch} rows but ${images.shape[0]} images`);
     if (hasImage && hasImage.length !== batch) throw new Error(`batch: hasImage has ${hasImage.length} entries for ${batch} rows`);
-    const patches = this.patchFeatures(images);
+    const features = this.patchFeatures(images);
+    const patches = this.config.patchHidden ? this.patchHiddenLayer(features, batch) : features;
     const visual = tf.reshape(dense(patches, this.w('patch.w') as tf.Tensor as tf.Tensor2D, this.w('patch.b') as tf.Tensor as tf.Tensor1D), [batch, n, d]) as tf.Tensor3D;
     if (!hasImage || hasImage.every(Boolean)) return visual;
     const keep = tf.tensor3d(hasImage.map((h) => (h ? 1 : 0)), [batch, 1, 1]);

@@ -25,6 +25,8 @@ export interface SftExample {
 export interface Probe {
   true: string;
   false: string;
+  /** Kind of claim (e.g. "row", "shape_of"), when the file names it: accuracy is also reported per kind. */
+  kind?: string;
 }
 
 export interface EvalExample extends SftExample {
@@ -58,15 +60,16 @@ export interface SftOptions {
 }
 
 export const DEFAULT_SFT_OPTIONS: Omit<SftOptions, 'data' | 'out'> = {
-  epochs: 16,
+  epochs: 10,
   batchSize: 32,
-  lr: 2e-3,
+  lr: 4e-3,
   warmupSteps: 50,
   minLrRatio: 0.1,
   weightDecay: DEFAULT_ADAMW.weightDecay,
   clipNorm: DEFAULT_ADAMW.clipNorm,
   seed: 0,
-  model: { ...DEFAULT_MODEL_CONFIG, width: 64, layers: 2, heads: 4 },
+  // 48×48 in 16×16 patches: one visual token per cell of a 3×3 layout, so an object is never cut across tokens
+  model: { ...DEFAULT_MODEL_CONFIG, width: 64, layers: 3, heads: 4, imageSize: 48, patchSize: 16, stemChannels: 32, patchHidden: 64 },
   vocabSize: 512,
   evalEvery: 200,
   saveEvery: 500,
@@ -132,7 +135,8 @@ export async function readEvalFile(file: string): Promise<EvalExample[]> {
       probes: probes.map((probe, k) => {
         if (!probe || typeof probe !== 'object') throw fieldError(file, line, `probes[${k}] must be an object`);
         const p = probe as Record<string, unknown>;
-        return { true: readString(p, 'true', file, line)!, false: readString(p, 'false', file, line)! };
+        const kind = readString(p, 'kind', file, line, true);
+        return { true: readString(p, 'true', file, line)!, false: readString(p, 'false', file, line)!, ...(kind === null ? {} : { kind }) };
       }),
     };
   });
@@ -220,6 +224,78 @@ export function batchIndices(step: number, rowCount: number, batchSize: number, 
   return new Rng(deriveSeed(seed, 'epoch', epoch)).shuffle(Array.from({ length: rowCount }, (_, i) => i)).slice(k * size, (k + 1) * size);
 }
 
+/** An eval row with its probes encoded: the true sentence and its false variant, each as a response to the row's prompt. */
+export interface ProbeRow extends EncodedRow {
+  probes: Array<{ trueIds: number[]; falseIds: number[]; kind?: string }>;
+}
+
+/** Encodes eval examples and their probes; rows with anything longer than `limit` text positions are left out. */
+export function encodeProbeRows(tokenizer: Tokenizer, examples: EvalExample[], limit: number): ProbeRow[] {
+  return examples.map((e) => {
+    const row = { image: e.image, ...encodePromptResponse(tokenizer, e.prompt, e.response) };
+    const probes = e.probes.map((p) => ({
+      trueIds: encodePromptResponse(tokenizer, e.prompt, p.true).responseIds,
+      falseIds: encodePromptResponse(tokenizer, e.prompt, p.false).responseIds,
+      kind: p.kind,
+    }));
+    return { ...row, probes };
+  }).filter((row) => [row.responseIds, ...row.probes.flatMap((p) => [p.trueIds, p.falseIds])]
+    .every((ids) => 1 + row.promptIds.length + ids.length <= limit));
+}
+
+/** A model batch of encoded rows; `images` maps each row's image key to its decoded pixels. */
+export function batchOf(rows: EncodedRow[], images: Map<string, Float32Array>): Batch {
+  return {
+    images: rows.map((r) => (r.image ? images.get(r.image)! : null)),
+    promptIds: rows.map((r) => r.promptIds),
+    responseIds: rows.map((r) => r.responseIds),
+  };
+}
+
+/** Summed log-prob of each response under `model` (EOS excluded when `withEos` is false), no gradient. */
+export async function sequenceLogProbs(model: VisionLanguageModel, images: Map<string, Float32Array>, rows: EncodedRow[],
+  withEos: boolean, batchSize = 64): Promise<number[]> {
+  const out: number[] = [];
+  for (let i = 0; i < rows.length; i += batchSize) {
+    const batch = batchOf(rows.slice(i, i + batchSize), images);
+    const sums = tf.tidy(() => {
+      const pixels = batch.images.some(Boolean) ? stackImages(batch.images, model.config.imageSize) : null;
+      const { logps, mask } = model.responseLogProbs({ images: pixels, hasImage: batch.images.map(Boolean), promptIds: batch.promptIds, responseIds: batch.responseIds });
+      const keep = withEos ? mask : tf.mul(mask, tf.tensor2d(batch.responseIds.flatMap((r) =>
+        Array.from({ length: mask.shape[1] }, (_, j) => (j < r.length ? 1 : 0))), mask.shape));
+      return tf.sum(tf.mul(logps, keep), 1);
+    });
+    out.push(...((await sums.data()) as Float32Array));
+    sums.dispose();
+  }
+  return out;
+}
+
+/** Fraction of probes whose true sentence is more likely than its false variant (same image and prompt, EOS excluded). */
+export async function probeAccuracy(model: VisionLanguageModel, images: Map<string, Float32Array>, rows: ProbeRow[]):
+  Promise<Pick<EvalStats, 'sentenceAccuracy' | 'probes' | 'byKind'>> {
+  const probeRows = rows.flatMap((r) => r.probes.flatMap((p) => [
+    { image: r.image, promptIds: r.promptIds, responseIds: p.trueIds },
+    { image: r.image, promptIds: r.promptIds, responseIds: p.falseIds },
+  ]));
+  const scores = await sequenceLogProbs(model, images, probeRows, false);
+  let correct = 0;
+  const tally = new Map<string, { correct: number; probes: number }>();
+  rows.flatMap((r) => r.probes).forEach((probe, k) => {
+    const right = scores[2 * k]! > scores[2 * k + 1]!;
+    if (right) correct++;
+    if (probe.kind === undefined) return;
+    const entry = tally.get(probe.kind) ?? { correct: 0, probes: 0 };
+    entry.probes++;
+    if (right) entry.correct++;
+    tally.set(probe.kind, entry);
+  });
+  const probes = scores.length / 2;
+  const byKind = Object.fromEntries([...tally].sort(([a], [b]) => a.localeCompare(b))
+    .map(([kind, t]) => [kind, { accuracy: t.correct / t.probes, probes: t.probes }]));
+  return { sentenceAccuracy: probes ? correct / probes : NaN, probes, byKind };
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Trainer
 
@@ -238,6 +314,8 @@ export interface EvalStats {
   /** Fraction of probes whose true sentence is more likely than its false variant, same image and prompt. */
   sentenceAccuracy: number;
   probes: number;
+  /** Sentence accuracy per probe kind (probes without a kind are left out). */
+  byKind: Record<string, { accuracy: number; probes: number }>;
 }
 
 interface TrainerState {
@@ -254,7 +332,7 @@ export interface SftData {
 
 export class SftTrainer {
   private readonly rows: EncodedRow[];
-  private evalRows?: Array<EncodedRow & { probes: Array<{ trueIds: number[]; falseIds: number[] }> }>;
+  private evalRows?: ProbeRow[];
 
   private constructor(
     readonly options: SftOptions,
@@ -277,17 +355,7 @@ export class SftTrainer {
       return fits;
     });
     if (this.rows.length === 0) throw new Error(`no training row fits the model's ${limit} text positions; raise the context`);
-    if (data.eval) {
-      this.evalRows = data.eval.map((e) => {
-        const row = { image: e.image, ...encodePromptResponse(tokenizer, e.prompt, e.response) };
-        const probes = e.probes.map((p) => ({
-          trueIds: encodePromptResponse(tokenizer, e.prompt, p.true).responseIds,
-          falseIds: encodePromptResponse(tokenizer, e.prompt, p.false).responseIds,
-        }));
-        return { ...row, probes };
-      }).filter((row) => [row.responseIds, ...row.probes.flatMap((p) => [p.trueIds, p.falseIds])]
-        .every((ids) => 1 + row.promptIds.length + ids.length <= limit));
-    }
+    if (data.eval) this.evalRows = encodeProbeRows(tokenizer, data.eval, limit);
   }
 
   /** A new run: tokenizer from the training text, model initialised from the seed. */
@@ -324,18 +392,10 @@ export class SftTrainer {
     return Boolean(this.evalRows?.length);
   }
 
-  private batchOf(rows: EncodedRow[]): Batch {
-    return {
-      images: rows.map((r) => (r.image ? this.images.get(r.image)! : null)),
-      promptIds: rows.map((r) => r.promptIds),
-      responseIds: rows.map((r) => r.responseIds),
-    };
-  }
-
   /** One optimizer step on the batch the seed assigns to the current step. */
   async trainStep(): Promise<StepStats> {
     const indices = batchIndices(this.step, this.rows.length, this.options.batchSize, this.options.seed);
-    const batch = this.batchOf(indices.map((i) => this.rows[i]!));
+    const batch = batchOf(indices.map((i) => this.rows[i]!), this.images);
     const names = new Map(Object.entries(this.model.weights).map(([name, w]) => [w.name, name]));
     const { value, grads } = tf.variableGrads(() => sftLoss(this.model, batch), Object.values(this.model.weights));
     const byName: Record<string, tf.Tensor> = {};
@@ -350,39 +410,12 @@ export class SftTrainer {
     return { step: this.step, loss, gradNorm, lr, tokens, responseTokens };
   }
 
-  /** Summed log-prob of each response (EOS excluded when `withEos` is false). */
-  async sequenceLogProbs(rows: Array<{ image: string | null; promptIds: number[]; responseIds: number[] }>, withEos: boolean,
-    batchSize = 64): Promise<number[]> {
-    const out: number[] = [];
-    for (let i = 0; i < rows.length; i += batchSize) {
-      const batch = this.batchOf(rows.slice(i, i + batchSize));
-      const sums = tf.tidy(() => {
-        const images = batch.images.some(Boolean) ? stackImages(batch.images, this.model.config.imageSize) : null;
-        const { logps, mask } = this.model.responseLogProbs({ images, hasImage: batch.images.map(Boolean), promptIds: batch.promptIds, responseIds: batch.responseIds });
-        const keep = withEos ? mask : tf.mul(mask, tf.tensor2d(batch.responseIds.flatMap((r) =>
-          Array.from({ length: mask.shape[1] }, (_, j) => (j < r.length ? 1 : 0))), mask.shape));
-        return tf.sum(tf.mul(logps, keep), 1);
-      });
-      out.push(...((await sums.data()) as Float32Array));
-      sums.dispose();
-    }
-    return out;
-  }
-
   /** Held-out loss and sentence accuracy (true probe sentence more likely than its false variant). */
   async evaluate(): Promise<EvalStats | undefined> {
     if (!this.evalRows?.length) return undefined;
-    const full = await this.sequenceLogProbs(this.evalRows, true);
+    const full = await sequenceLogProbs(this.model, this.images, this.evalRows, true);
     const tokens = this.evalRows.reduce((n, r) => n + r.responseIds.length + 1, 0);
-    const probeRows = this.evalRows.flatMap((r) => r.probes.flatMap((p) => [
-      { image: r.image, promptIds: r.promptIds, responseIds: p.trueIds },
-      { image: r.image, promptIds: r.promptIds, responseIds: p.falseIds },
-    ]));
-    const scores = await this.sequenceLogProbs(probeRows, false);
-    let correct = 0;
-    for (let k = 0; k < scores.length; k += 2) if (scores[k]! > scores[k + 1]!) correct++;
-    const probes = scores.length / 2;
-    return { loss: -full.reduce((a, b) => a + b, 0) / tokens, sentenceAccuracy: probes ? correct / probes : NaN, probes };
+    return { loss: -full.reduce((a, b) => a + b, 0) / tokens, ...await probeAccuracy(this.model, this.images, this.evalRows) };
   }
 
   async save(dir = this.options.out): Promise<void> {
@@ -439,7 +472,8 @@ export async function runSft(trainer: SftTrainer, hooks: SftHooks = {}): Promise
     if (!stats) return;
     lastEval = stats;
     hooks.onEval?.(stats, trainer);
-    await hooks.metrics?.log(trainer.step, 'eval', { loss: stats.loss, sentence_accuracy: stats.sentenceAccuracy });
+    const perKind = Object.entries(stats.byKind).map(([kind, k]) => [`sentence_accuracy.${kind}`, k.accuracy]);
+    await hooks.metrics?.log(trainer.step, 'eval', { loss: stats.loss, sentence_accuracy: stats.sentenceAccuracy, ...Object.fromEntries(perKind) });
   };
   try {
     if (trainer.step === 0) await evaluate();

@@ -18,6 +18,7 @@ export const command: Command = {
   --batch-size N      rows read and written at a time (default 5000)
   --commit-rows N     rows per transaction (default 100000); a killed run redoes at most this many
   --duckdb-memory M   DuckDB's memory limit while ingesting (default 256MB)
+  --no-fast-path      read every row in JavaScript (by default DuckDB reads simple JSON Lines rows itself: same result, faster)
   --strict            exit with status 3 if any row was rejected
 
 Rejected rows are kept in the rejects table with the reason:
@@ -36,6 +37,7 @@ Rejected rows are kept in the rejects table with the reason:
       'commit-rows': { type: 'string' },
       'duckdb-memory': { type: 'string' },
       strict: { type: 'boolean', default: false },
+      'no-fast-path': { type: 'boolean', default: false },
     }, true);
     if (!positionals.length) throw new UsageError('give at least one dataset file');
     const format = values.format as FileFormat | 'auto';
@@ -47,6 +49,7 @@ Rejected rows are kept in the rejects table with the reason:
     const progress = new Progress({ label: 'ingest', unit: 'rows' });
     const summary: IngestSummary = await withStore(values.db, (store) => ingest(store, positionals, {
       format, layout, missingImages,
+      fastPath: !values['no-fast-path'],
       images: values.images,
       imageField: values['image-field'],
       maxSide: values['max-side'] === undefined ? undefined : numberOption(values['max-side'], 'max-side', 0),

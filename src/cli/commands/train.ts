@@ -5,6 +5,13 @@ import { BACKENDS, initBackend, type BackendName } from '../../train/backend.js'
 import { hasCheckpoint } from '../../train/checkpoint.js';
 import { StoreMetrics } from '../../train/metrics.js';
 import { DEFAULT_SFT_OPTIONS, readSftData, runSft, SftTrainer, type SftOptions } from '../../train/sft.js';
+import {
+  DEFAULT_LOSS_CONFIG, lossConfig, NORMALIZE_MODES, PPL_SOURCES, REF_WEIGHT_MODES, type AspoLossConfig,
+} from '../../train/loss.js';
+import {
+  DEFAULT_PREFERENCE_OPTIONS, PreferenceTrainer, runPreference, type PreferenceObjective, type PreferenceOptions,
+} from '../../train/preference.js';
+import { openShardSet } from '../../shard/read.js';
 
 /** Options every objective takes. */
 const COMMON_OPTIONS = {
@@ -35,6 +42,8 @@ interface Objective {
 }
 
 const d = DEFAULT_SFT_OPTIONS;
+const p = DEFAULT_PREFERENCE_OPTIONS;
+const L = DEFAULT_LOSS_CONFIG;
 
 /** One entry per training objective: its own options (beyond COMMON_OPTIONS) and how to run it. */
 const OBJECTIVES: Record<string, Objective> = {
@@ -57,6 +66,8 @@ const OBJECTIVES: Record<string, Objective> = {
     },
     run: runSftCommand,
   },
+  dpo: preferenceObjective('dpo'),
+  aspo: preferenceObjective('aspo'),
 };
 
 const USAGE = Object.values(OBJECTIVES).map((o) => o.usage).join('\n') + '\n\n' +
@@ -76,6 +87,21 @@ const USAGE = Object.values(OBJECTIVES).map((o) => o.usage).join('\n') + '\n\n' 
   `  --stem-channels N  channels of the convolutional image stem; 0 projects raw patches (default ${d.model.stemChannels})\n` +
   `  --vocab-size N     tokenizer vocabulary cap (default ${d.vocabSize})\n` +
   `  --eval-every/--save-every/--log-every N   steps (default ${d.evalEvery}/${d.saveEvery}/${d.logEvery})\n\n` +
+  '  Preference training (dpo, aspo) starts the policy from the --ref checkpoint and trains on the pairs of a shard\n' +
+  '  set (`aspo shard`); aspo weights each sentence of the chosen response (sentence-level preference optimization).\n\n' +
+  '  --shards DIR       shard set folder; its tokenizer must be the --ref checkpoint\'s (checked)\n' +
+  '  --ref DIR          reference checkpoint (e.g. the SFT one); its log-probs come from the shards when they hold\n' +
+  '                     them for this model, otherwise from a forward pass of it every step\n' +
+  `  --beta X           DPO temperature (default ${L.beta})\n` +
+  `  --alpha X          aspo: similarity vs perplexity in the sentence weight, in [0, 1] (default ${L.alpha}; 0 needs no similarity)\n` +
+  `  --scale X          aspo: λ in the sentence multiplier 1 + λ·w (default ${L.scale}; 0 gives DPO)\n` +
+  `  --normalize MODE   aspo: ${NORMALIZE_MODES.join(' | ')} (default ${L.normalize})\n` +
+  `  --detach-weights B aspo: true | false, stop the gradient through the sentence weights (default ${L.detachWeights})\n` +
+  `  --ref-weights MODE aspo: ${REF_WEIGHT_MODES.join(' | ')} (default ${L.refWeights})\n` +
+  `  --ppl-source SRC   aspo: ${PPL_SOURCES.join(' | ')} (default ${L.pplSource})\n` +
+  '  --probes FILE      eval.jsonl with "probes": held-out sentence accuracy at each evaluation\n' +
+  `  defaults for dpo/aspo: --lr ${p.lr}, --warmup-steps ${p.warmupSteps}, --epochs ${p.epochs}, --batch-size ${p.batchSize} pairs,\n` +
+  `    --weight-decay ${p.weightDecay}, --clip-norm ${p.clipNorm}, --eval-every/--save-every/--log-every ${p.evalEvery}/${p.saveEvery}/${p.logEvery}\n\n` +
   '  Metrics go to the runs and train_metrics tables of --db and to a progress bar on stderr; the summary is\n' +
   '  printed to stdout as one JSON line.';
 
@@ -147,18 +173,9 @@ function sftOptions(values: Values): SftOptions {
 }
 
 async function runSftCommand(values: Values): Promise<number> {
-  if (!values.out) throw new UsageError('give --out CHECKPOINT_DIR');
-  const requested = values.backend as BackendName;
-  if (requested !== 'auto' && !BACKENDS.includes(requested as never)) {
-    throw new UsageError(`--backend must be auto or one of ${BACKENDS.join(', ')}, got "${requested}"`);
-  }
-  const resume = Boolean(values.resume);
-  if (!resume && await hasCheckpoint(values.out as string)) {
-    throw new UsageError(`${values.out} already holds a checkpoint; pass --resume to continue it, or choose another --out`);
-  }
+  const resume = await checkOut(values);
   const options = resume ? undefined : sftOptions(values);
-  const backend = await initBackend(requested);
-  process.stderr.write(`train: TensorFlow.js backend ${backend}\n`);
+  const backend = await startBackend(values);
   const trainer = resume
     ? await SftTrainer.resume(values.out as string)
     : await SftTrainer.create(options!, await readSftData(options!.data, options!.eval));
@@ -194,4 +211,155 @@ async function runSftCommand(values: Values): Promise<number> {
     `, ${Math.round(result.tokensPerSecond).toLocaleString('en-US')} tok/s in ${result.seconds.toFixed(1)} s → ${values.out}`);
   process.stdout.write(JSON.stringify({ ...result, backend, checkpoint: values.out }) + '\n');
   return 0;
+}
+
+/** The dpo and aspo objectives: the same options; the objective fixes the loss type. */
+function preferenceObjective(objective: PreferenceObjective): Objective {
+  return {
+    usage: `aspo train --objective ${objective} --shards DIR --ref CHECKPOINT_DIR --out CHECKPOINT_DIR [--db PATH] [--probes eval.jsonl]\n` +
+      (objective === 'aspo' ? '                  [--beta X] [--alpha X] [--scale X] [--normalize none|mass] [--detach-weights true|false]\n' +
+        '                  [--ref-weights shared|own] [--ppl-source policy|reference]\n' : '                  [--beta X]\n') +
+      '                  [--steps N | --epochs N] [--batch-size N] [--lr X] [--warmup-steps N] [--clip-norm X] [--weight-decay X]\n' +
+      '                  [--seed N] [--eval-every N] [--save-every N] [--log-every N] [--backend NAME] [--resume]',
+    options: {
+      shards: { type: 'string' },
+      ref: { type: 'string' },
+      probes: { type: 'string' },
+      beta: { type: 'string' },
+      ...(objective === 'aspo' ? {
+        alpha: { type: 'string' },
+        scale: { type: 'string' },
+        normalize: { type: 'string' },
+        'detach-weights': { type: 'string' },
+        'ref-weights': { type: 'string' },
+        'ppl-source': { type: 'string' },
+      } : {}),
+    },
+    run: (values) => runPreferenceCommand(objective, values),
+  };
+}
+
+/** The loss options of the command line, checked by lossConfig (its errors name the field; here as the option). */
+function lossOptions(objective: PreferenceObjective, values: Values): AspoLossConfig {
+  const detach = values['detach-weights'] as string | undefined;
+  if (detach !== undefined && detach !== 'true' && detach !== 'false') {
+    throw new UsageError(`--detach-weights must be true or false, got "${detach}"`);
+  }
+  const number = (name: string) => (values[name] === undefined ? undefined : numberOption(values[name] as string, name, NaN));
+  const flags: Record<keyof AspoLossConfig, string> = {
+    lossType: 'objective', beta: 'beta', alpha: 'alpha', scale: 'scale', normalize: 'normalize',
+    detachWeights: 'detach-weights', refWeights: 'ref-weights', pplSource: 'ppl-source',
+  };
+  try {
+    return lossConfig({
+      lossType: objective, beta: number('beta'), alpha: number('alpha'), scale: number('scale'),
+      normalize: values.normalize, detachWeights: detach === undefined ? undefined : detach === 'true',
+      refWeights: values['ref-weights'], pplSource: values['ppl-source'],
+    });
+  } catch (error) {
+    const message = (error as Error).message;
+    const key = message.split(' ')[0] as keyof AspoLossConfig;
+    throw new UsageError(flags[key] ? `--${flags[key]}${message.slice(key.length)}` : message);
+  }
+}
+
+function preferenceOptions(objective: PreferenceObjective, values: Values): PreferenceOptions {
+  if (!values.shards) throw new UsageError('give --shards DIR (a shard set written by `aspo shard`)');
+  if (!values.ref) throw new UsageError('give --ref CHECKPOINT_DIR (the reference model, e.g. the SFT checkpoint)');
+  return {
+    objective,
+    shards: values.shards as string,
+    ref: values.ref as string,
+    out: values.out as string,
+    probes: values.probes as string | undefined,
+    loss: lossOptions(objective, values),
+    steps: values.steps === undefined ? undefined : integer(values, 'steps', 0),
+    epochs: integer(values, 'epochs', p.epochs),
+    batchSize: integer(values, 'batch-size', p.batchSize),
+    lr: positive(values, 'lr', p.lr),
+    warmupSteps: integer(values, 'warmup-steps', p.warmupSteps, 0),
+    minLrRatio: p.minLrRatio,
+    weightDecay: positive(values, 'weight-decay', p.weightDecay, true),
+    clipNorm: positive(values, 'clip-norm', p.clipNorm, true),
+    seed: integer(values, 'seed', p.seed, 0),
+    evalEvery: integer(values, 'eval-every', p.evalEvery, 0),
+    saveEvery: integer(values, 'save-every', p.saveEvery, 0),
+    logEvery: integer(values, 'log-every', p.logEvery),
+  };
+}
+
+async function runPreferenceCommand(objective: PreferenceObjective, values: Values): Promise<number> {
+  const resume = await checkOut(values);
+  const options = resume ? undefined : preferenceOptions(objective, values);
+  const backend = await startBackend(values);
+  const trainer = resume
+    ? await PreferenceTrainer.resume(values.out as string, openShardSet)
+    : await PreferenceTrainer.create(options!, await openShardSet(options!.shards));
+  if (trainer.options.objective !== objective) {
+    trainer.dispose();
+    throw new UsageError(`${values.out} holds a ${trainer.options.objective} run; resume it with --objective ${trainer.options.objective}`);
+  }
+  if (trainer.step >= trainer.totalSteps) {
+    process.stderr.write(`train: run ${trainer.runId} in ${values.out} already finished (step ${trainer.step} of ${trainer.totalSteps})\n`);
+    trainer.dispose();
+    return 0;
+  }
+  const { loss } = trainer.options;
+  process.stderr.write(`train: reference log-probs ${trainer.refSource === 'shards'
+    ? `stored in the shards (for ${trainer.referenceModel})` : `from a forward pass of ${trainer.referenceModel} each step (the shards hold none for it)`}\n`);
+  if (trainer.skipped) process.stderr.write(`train: ${trainer.skipped} pairs skipped: longer than the model's text context\n`);
+  const lossSummary = objective === 'dpo' ? `beta ${loss.beta}`
+    : Object.entries(loss).filter(([k]) => k !== 'lossType').map(([k, v]) => `${k} ${v}`).join(', ');
+  process.stderr.write(`train: run ${trainer.runId}, ${objective} (${lossSummary}), ${trainer.trainPairs} training pairs, ` +
+    `${trainer.evalPairCount} eval pairs, ` +
+    `step ${trainer.step} of ${trainer.totalSteps}\n`);
+  const progress = new Progress({ label: 'train', total: trainer.totalSteps - trainer.step, unit: 'steps' });
+  let evalNote = '';
+  let pairs = 0;
+  const result = await withStore(values.db as string, async (store) => runPreference(trainer, {
+    metrics: new StoreMetrics(store),
+    backend,
+    onStep: (stats) => {
+      pairs += stats.pairs;
+      progress.tick(1, `loss ${stats.metrics.loss.toFixed(3)} acc ${(100 * stats.metrics['rewards/accuracies']).toFixed(0)}% ` +
+        `${(pairs / progress.seconds).toFixed(1)} pairs/s${evalNote}`);
+    },
+    onEval: (stats, at) => {
+      const parts = [];
+      if (stats.pairs) {
+        parts.push(`eval loss ${stats.metrics.loss!.toFixed(3)}, reward accuracy ${(100 * stats.metrics['rewards/accuracies']!).toFixed(1)}% ` +
+          `(${stats.pairs} pairs)`);
+      }
+      if (stats.sentenceAccuracy !== undefined) parts.push(`sentence accuracy ${(100 * stats.sentenceAccuracy).toFixed(1)}% (${stats.probes} probes)`);
+      evalNote = stats.pairs ? ` eval acc ${(100 * stats.metrics['rewards/accuracies']!).toFixed(0)}%` : '';
+      process.stderr.write(`\rtrain: step ${at.step}: ${parts.join(', ')}\x1b[K\n`);
+    },
+  }));
+  trainer.dispose();
+  progress.done(`${result.steps} steps, loss ${result.train.loss?.toFixed(3)}` +
+    (result.eval?.pairs ? `, eval reward accuracy ${(100 * result.eval.metrics['rewards/accuracies']!).toFixed(1)}%` : '') +
+    `, ${result.pairsPerSecond.toFixed(1)} pairs/s in ${result.seconds.toFixed(1)} s → ${values.out}`);
+  process.stdout.write(JSON.stringify({ ...result, backend, checkpoint: values.out }) + '\n');
+  return 0;
+}
+
+/** Checks --out against --resume; returns whether the run resumes. */
+async function checkOut(values: Values): Promise<boolean> {
+  if (!values.out) throw new UsageError('give --out CHECKPOINT_DIR');
+  const resume = Boolean(values.resume);
+  if (!resume && await hasCheckpoint(values.out as string)) {
+    throw new UsageError(`${values.out} already holds a checkpoint; pass --resume to continue it, or choose another --out`);
+  }
+  return resume;
+}
+
+/** Loads the TensorFlow.js backend --backend asks for and says which. */
+async function startBackend(values: Values): Promise<string> {
+  const requested = values.backend as BackendName;
+  if (requested !== 'auto' && !BACKENDS.includes(requested as never)) {
+    throw new UsageError(`--backend must be auto or one of ${BACKENDS.join(', ')}, got "${requested}"`);
+  }
+  const backend = await initBackend(requested);
+  process.stderr.write(`train: TensorFlow.js backend ${backend}\n`);
+  return backend;
 }

@@ -1,0 +1,76 @@
+import { withStore } from '../../store/store.js';
+import {
+  DEFAULT_EXPORT_MEMORY, DEFAULT_ROWS_PER_SHARD, exportAspoReference, exportTable, exportTrl, TABLE_FORMATS,
+  type ExportSummary, type TableFormat,
+} from '../../export/export.js';
+import { ExportError } from '../../export/output.js';
+import { DB_OPTION, numberOption, parse, UsageError, type Command } from '../command.js';
+
+const FORMATS = [...TABLE_FORMATS, 'trl', 'aspo-reference'] as const;
+
+export const command: Command = {
+  usage: 'aspo export (--table NAME | --sql "SELECT …") --format parquet|arrow|csv|jsonl --out FILE [--partition-by COL[,COL]]\n' +
+    '       aspo export --format trl --out DIR [--rows-per-shard N] [--alpha A] [--scale S] [--policy MODEL]\n' +
+    '       aspo export --format aspo-reference --out DIR\n' +
+    '       [--db PATH] [--force] [--memory SIZE]\n\n' +
+    '  Streams from the store (opened read-only) to files; memory stays bounded whatever the table size.\n' +
+    '  --table/--sql: a table or view, or one read-only query. arrow writes an Arrow IPC file; csv and jsonl write\n' +
+    '  bytes as base64. --partition-by (parquet): Hive-style folders OUT/col=value/data_0.parquet.\n' +
+    `  trl: every pair as Parquet shards DIR/train-NNNNN-of-NNNNN.parquet (--rows-per-shard, default ${DEFAULT_ROWS_PER_SHARD})\n` +
+    '  for Hugging Face datasets and TRL: prompt, chosen, rejected, images, and the ASPO columns chosen_sentence_spans,\n' +
+    '  rejected_sentence_spans, chosen_sentence_weights (sentence_weights with --alpha/--scale) and, with --policy,\n' +
+    '  chosen_sentence_rewards from sentence_rewards.\n' +
+    '  aspo-reference: DIR/pairs.json (the ASPO authors\' LLaVA-1.5 trainer layout) and DIR/images/.\n' +
+    '  An existing output is replaced only with --force. --memory: DuckDB\'s memory limit (default ' + DEFAULT_EXPORT_MEMORY + ').\n' +
+    '  See docs/export.md.',
+  async run(argv) {
+    const { values } = parse(argv, {
+      ...DB_OPTION,
+      table: { type: 'string' },
+      sql: { type: 'string' },
+      format: { type: 'string' },
+      out: { type: 'string' },
+      'partition-by': { type: 'string' },
+      'rows-per-shard': { type: 'string' },
+      alpha: { type: 'string' },
+      scale: { type: 'string' },
+      policy: { type: 'string' },
+      force: { type: 'boolean', default: false },
+      memory: { type: 'string' },
+    });
+    const format = values.format;
+    if (!format || !(FORMATS as readonly string[]).includes(format)) throw new UsageError(`--format must be one of ${FORMATS.join(', ')}`);
+    if (!values.out) throw new UsageError('--out PATH is required');
+    const common = { out: values.out, force: values.force, duckdbMemory: values.memory };
+    const isTable = (TABLE_FORMATS as readonly string[]).includes(format);
+    if (isTable && (values.table === undefined) === (values.sql === undefined)) throw new UsageError(`--format ${format} needs --table NAME or --sql "SELECT …" (one of them)`);
+    if (!isTable && (values.table !== undefined || values.sql !== undefined)) throw new UsageError(`--format ${format} exports the pairs; --table and --sql do not apply`);
+    const misplaced = (isTable ? ['rows-per-shard', 'alpha', 'scale', 'policy'] : ['partition-by']).concat(format === 'aspo-reference' ? ['rows-per-shard', 'alpha', 'scale', 'policy'] : [])
+      .find((name) => values[name as keyof typeof values] !== undefined);
+    if (misplaced) throw new UsageError(`--${misplaced} does not apply to --format ${format}`);
+    const summary = await withStore(values.db, async (store): Promise<ExportSummary> => {
+      try {
+        if (format === 'trl') {
+          return await exportTrl(store, {
+            ...common,
+            rowsPerShard: numberOption(values['rows-per-shard'], 'rows-per-shard', DEFAULT_ROWS_PER_SHARD),
+            alpha: values.alpha === undefined ? undefined : numberOption(values.alpha, 'alpha', 0),
+            scale: values.scale === undefined ? undefined : numberOption(values.scale, 'scale', 0),
+            policy: values.policy,
+          });
+        }
+        if (format === 'aspo-reference') return await exportAspoReference(store, common);
+        const source = values.table !== undefined ? { table: values.table } : { sql: values.sql! };
+        const partitionBy = values['partition-by']?.split(',').map((c) => c.trim()).filter(Boolean);
+        return await exportTable(store, source, { ...common, format: format as TableFormat, partitionBy });
+      } catch (error) {
+        if (error instanceof ExportError) throw new UsageError(error.message);
+        throw error;
+      }
+    }, { readOnly: true });
+    const extra = summary.unsegmented ? ` (${summary.unsegmented} pairs without sentences left out; run aspo segment --db)` : '';
+    process.stderr.write(`aspo export: ${summary.rows} rows to ${values.out} (${summary.files.length} file${summary.files.length === 1 ? '' : 's'}) ` +
+      `in ${summary.seconds.toFixed(1)}s${extra}\n`);
+    return 0;
+  },
+};

@@ -1,0 +1,276 @@
+/**
+ * The export stage: store tables and queries to files other tools read (Parquet, Arrow IPC, CSV, JSON Lines), a TRL
+ * preference dataset with the ASPO sentence columns, and the JSON layout of the ASPO authors' LLaVA-1.5 trainer.
+ *
+ * Everything streams: DuckDB's COPY writes Parquet, CSV and JSON as the query runs, and Arrow is written one DuckDB
+ * chunk at a time, so an export never holds a table in memory. The store is only read.
+ */
+import { rmSync } from 'node:fs';
+import { mkdir, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { StatementType } from '@duckdb/node-api';
+import type { Store } from '../store/store.js';
+import { writeArrow } from './arrow.js';
+import { collectAfter } from './memory.js';
+import { ExportError, prepareFile, prepareFolder, quoteIdent, quoteString } from './output.js';
+import { aspoReferenceSql, imageFileName, trlFeatures, trlShardSql, type ShardRange } from './layouts.js';
+
+export const TABLE_FORMATS = ['parquet', 'arrow', 'csv', 'jsonl'] as const;
+export type TableFormat = (typeof TABLE_FORMATS)[number];
+
+export const DEFAULT_ROWS_PER_SHARD = 5000;
+/** DuckDB's memory limit while exporting: sorts and joins spill to a temporary folder beyond it. */
+export const DEFAULT_EXPORT_MEMORY = '256MB';
+/** Parquet row groups are cut by size, not row count: a row group is held in memory until written, and a default
+ *  122,880-row group of image rows would be gigabytes. */
+const PARQUET = "FORMAT parquet, ROW_GROUP_SIZE_BYTES '16MB'";
+
+/** What to export: a table or view by name, or a read-only query. */
+export type ExportSource = { table: string } | { sql: string };
+
+export interface ExportCommon {
+  out: string;
+  /** Replace an existing output (a folder only when it holds nothing but export files). */
+  force?: boolean;
+  /** DuckDB's memory limit during the export (default 256MB). */
+  duckdbMemory?: string;
+}
+
+export interface TableExportOptions extends ExportCommon {
+  format: TableFormat;
+  /** Hive-style partition columns (Parquet only): `out/col=value/…/data_0.parquet`. */
+  partitionBy?: string[];
+}
+
+export interface TrlExportOptions extends ExportCommon {
+  rowsPerShard?: number;
+  /** Passed to the `sentence_weights` table macro; its defaults (0.5, 1) when absent. */
+  alpha?: number;
+  scale?: number;
+  /** Add `chosen_sentence_rewards` from `sentence_rewards` rows of this policy model. */
+  policy?: string;
+}
+
+export interface ExportSummary {
+  rows: number;
+  /** Files written (Parquet shards or partitions, the JSON file and images, or the one output file). */
+  files: string[];
+  seconds: number;
+  /** aspo-reference: pairs left out because they have no sentences (run `aspo segment --db`). */
+  unsegmented?: number;
+}
+
+/**
+ * The SQL of a read-only query, checked to be exactly one SELECT (DESCRIBE, SUMMARIZE and FROM-first queries count);
+ * a trailing semicolon is dropped.
+ */
+export async function readOnlyQuery(store: Store, sql: string): Promise<string> {
+  const text = sql.trim().replace(/;\s*$/, '');
+  if (!text) throw new ExportError('--sql is empty');
+  let statements;
+  try {
+    statements = await store.connection.extractStatements(text);
+  } catch (error) {
+    throw new ExportError(`--sql does not parse: ${(error as Error).message}`);
+  }
+  if (statements.count !== 1) throw new ExportError(`--sql must be one query, got ${statements.count} statements`);
+  let prepared;
+  try {
+    prepared = await statements.prepare(0);
+  } catch (error) {
+    throw new ExportError(`--sql fails: ${(error as Error).message}`);
+  }
+  try {
+    if (prepared.statementType !== StatementType.SELECT) {
+      throw new ExportError(`--sql must be a read-only query (SELECT …), got a ${StatementType[prepared.statementType]} statement`);
+    }
+    if (prepared.parameterCount) throw new ExportError('--sql has parameters ($1, ?); write the values into the query');
+  } finally {
+    prepared.destroySync();
+  }
+  return text;
+}
+
+async function sourceQuery(store: Store, source: ExportSource): Promise<string> {
+  if ('sql' in source) return readOnlyQuery(store, source.sql);
+  const known = await store.all<{ name: string }>(
+    "SELECT table_name AS name FROM information_schema.tables WHERE table_schema = 'main' ORDER BY 1");
+  if (!known.some((t) => t.name === source.table)) {
+    throw new ExportError(`no table or view "${source.table}" in the store; there are: ${known.map((t) => t.name).join(', ') || 'none'}`);
+  }
+  return `SELECT * FROM ${quoteIdent(source.table)}`;
+}
+
+/** Column names and DuckDB type names of a query, from preparing it (it is not run). */
+async function describe(store: Store, sql: string): Promise<{ name: string; type: string }[]> {
+  const prepared = await store.connection.prepare(sql);
+  try {
+    return Array.from({ length: prepared.columnCount }, (_, i) => ({ name: prepared.columnName(i), type: prepared.columnType(i).toString() }));
+  } finally {
+    prepared.destroySync();
+  }
+}
+
+/** Runs `write`; when it fails, removes the partial output (which the export created, or checked to be its own). */
+async function removingOnFailure<T>(out: string, write: () => Promise<T>): Promise<T> {
+  try {
+    return await write();
+  } catch (error) {
+    rmSync(out, { recursive: true, force: true });
+    throw error;
+  }
+}
+
+/** Runs `work` with DuckDB set up to stream within a memory budget, restoring its settings after. */
+async function withExportSettings<T>(store: Store, options: ExportCommon, work: () => Promise<T>): Promise<T> {
+  // Sorts and joins beyond the limit spill to DuckDB's temporary folder (`<store>.tmp`).
+  const settings: Record<string, string> = {
+    memory_limit: quoteString(options.duckdbMemory ?? DEFAULT_EXPORT_MEMORY),
+    // Otherwise DuckDB buffers rows to keep a table's storage order, and cuts row groups only by count; an ORDER BY in
+    // the query is still honoured.
+    preserve_insertion_order: 'false',
+    // A partitioned write buffers rows per partition: flush small, and keep few files open at once.
+    partitioned_write_flush_threshold: '8192',
+    partitioned_write_max_open_files: '32',
+  };
+  const names = Object.keys(settings);
+  const previous = await store.one<Record<string, unknown>>(`SELECT ${names.map((n) => `current_setting('${n}')::VARCHAR AS ${n}`).join(', ')}`);
+  try {
+    for (const name of names) await store.run(`SET ${name} = ${settings[name]}`);
+    return await work();
+  } finally {
+    for (const name of names) await store.run(`SET ${name} = ${quoteString(String(previous![name]))}`);
+  }
+}
+
+async function copy(store: Store, sql: string, target: string, copyOptions: string): Promise<number> {
+  // The newline keeps a trailing `--` comment in the query from swallowing the parenthesis.
+  const count = await store.scalar<number | bigint>(`COPY (${sql}\n) TO ${quoteString(target)} (${copyOptions})`);
+  return Number(count);
+}
+
+/** Every table export writes: `.parquet` files in Hive folders (a partitioned export's folder). */
+const isParquet = (file: string) => file.endsWith('.parquet');
+
+/** A table, view or query to one file (or, with partitionBy, a folder of Hive-partitioned Parquet files). */
+export async function exportTable(store: Store, source: ExportSource, options: TableExportOptions): Promise<ExportSummary> {
+  const started = performance.now();
+  if (!(TABLE_FORMATS as readonly string[]).includes(options.format)) {
+    throw new ExportError(`format must be one of ${TABLE_FORMATS.join(', ')}, trl or aspo-reference; got "${options.format}"`);
+  }
+  const sql = await sourceQuery(store, source);
+  const columns = await describe(store, sql);
+  const partitionBy = options.partitionBy ?? [];
+  if (partitionBy.length && options.format !== 'parquet') throw new ExportError('--partition-by writes Parquet folders; use it with --format parquet');
+  for (const column of partitionBy) {
+    if (!columns.some((c) => c.name === column)) {
+      throw new ExportError(`--partition-by: no column "${column}" in the result; its columns are ${columns.map((c) => c.name).join(', ')}`);
+    }
+  }
+  return withExportSettings(store, options, async () => {
+    const { out, force = false } = options;
+    if (partitionBy.length) prepareFolder(out, force, isParquet);
+    else prepareFile(out, force);
+    const rows = await removingOnFailure(out, async () => {
+      if (partitionBy.length) return copy(store, sql, out, `${PARQUET}, PARTITION_BY (${partitionBy.map(quoteIdent).join(', ')})`);
+      if (options.format === 'arrow') return writeArrow(store, sql, out);
+      if (options.format === 'parquet') return copy(store, sql, out, PARQUET);
+      // Bytes as base64, as `aspo query` prints them: text formats cannot hold raw bytes.
+      const blobs = columns.filter((c) => c.type === 'BLOB').map((c) => `base64(${quoteIdent(c.name)}) AS ${quoteIdent(c.name)}`);
+      const textSql = blobs.length ? `SELECT * REPLACE (${blobs.join(', ')}) FROM (${sql}\n)` : sql;
+      return copy(store, textSql, out, options.format === 'csv' ? 'FORMAT csv, HEADER' : 'FORMAT json');
+    });
+    return { rows, files: [out], seconds: (performance.now() - started) / 1000 };
+  });
+}
+
+/** The n-th of `count` TRL shard file names, as Hugging Face names split files. */
+export function shardName(index: number, count: number): string {
+  return `train-${String(index).padStart(5, '0')}-of-${String(count).padStart(5, '0')}.parquet`;
+}
+
+function checkNumber(value: number | undefined, name: string, valid: (n: number) => boolean, expected: string): void {
+  if (value !== undefined && !(Number.isFinite(value) && valid(value))) throw new ExportError(`--${name} must be ${expected}, got ${value}`);
+}
+
+/**
+ * Every pair as a TRL preference row with images and the ASPO sentence columns, in Parquet shards of
+ * `rowsPerShard` pairs (consecutive pair_id ranges), with the Hugging Face features in each file's metadata.
+ */
+export async function exportTrl(store: Store, options: TrlExportOptions): Promise<ExportSummary> {
+  const started = performance.now();
+  const rowsPerShard = options.rowsPerShard ?? DEFAULT_ROWS_PER_SHARD;
+  checkNumber(rowsPerShard, 'rows-per-shard', (n) => Number.isInteger(n) && n >= 1, 'a whole number ≥ 1');
+  checkNumber(options.alpha, 'alpha', (n) => n >= 0 && n <= 1, 'between 0 and 1');
+  checkNumber(options.scale, 'scale', (n) => n >= 0, '≥ 0');
+  if (options.policy !== undefined) await checkPolicy(store, options.policy);
+  return withExportSettings(store, options, async () => {
+    // Shard k holds the pairs from the k-th boundary (every rowsPerShard-th pair_id) up to the next one.
+    const boundaries = (await store.all<{ pair_id: string }>(
+      `SELECT pair_id FROM (SELECT pair_id, row_number() OVER (ORDER BY pair_id) - 1 AS n FROM pairs)
+       WHERE n % ${rowsPerShard} = 0 ORDER BY pair_id`)).map((r) => r.pair_id);
+    const count = Math.max(boundaries.length, 1);
+    prepareFolder(options.out, options.force ?? false, (f) => /^train-\d{5}-of-\d{5}\.parquet$/.test(f));
+    const features = trlFeatures(options.policy !== undefined);
+    const metadata = `KV_METADATA {huggingface: ${quoteString(JSON.stringify({ info: { features } }))}, ` +
+      `aspo: ${quoteString(JSON.stringify({ alpha: options.alpha ?? null, scale: options.scale ?? null, policy: options.policy ?? null }))}}`;
+    const files: string[] = [];
+    let rows = 0;
+    await removingOnFailure(options.out, async () => {
+      for (let k = 0; k < count; k++) {
+        const range: ShardRange = { from: boundaries[k], to: boundaries[k + 1] };
+        const file = path.join(options.out, shardName(k, count));
+        rows += await copy(store, trlShardSql(range, options), file, `${PARQUET}, ${metadata}`);
+        files.push(file);
+      }
+    });
+    return { rows, files, seconds: (performance.now() - started) / 1000 };
+  });
+}
+
+async function checkPolicy(store: Store, policy: string): Promise<void> {
+  if (!(await store.tableExists('sentence_rewards'))) {
+    throw new ExportError('--policy needs the sentence_rewards table; compute rewards for a trained policy first (aspo rewards)');
+  }
+  const policies = (await store.all<{ policy_model: string }>('SELECT DISTINCT policy_model FROM sentence_rewards ORDER BY 1'))
+    .map((r) => r.policy_model);
+  if (!policies.includes(policy)) {
+    throw new ExportError(`--policy: no sentence_rewards for "${policy}"; there are: ${policies.join(', ') || 'none'}`);
+  }
+}
+
+/**
+ * The ASPO authors' JSON layout: `out/pairs.json` (one array of objects, see docs/export.md) and each image once in
+ * `out/images/`. Pairs without sentences are left out (their split lists would be empty) and counted.
+ */
+export async function exportAspoReference(store: Store, options: ExportCommon): Promise<ExportSummary> {
+  const started = performance.now();
+  return withExportSettings(store, options, async () => {
+    prepareFolder(options.out, options.force ?? false, (f) => f === 'pairs.json' || /^images\/[^/]+$/.test(f));
+    const json = path.join(options.out, 'pairs.json');
+    const { rows, images } = await removingOnFailure(options.out, async () => ({
+      rows: await copy(store, aspoReferenceSql(), json, 'FORMAT json, ARRAY true'),
+      images: await writeImages(store, path.join(options.out, 'images')),
+    }));
+    const unsegmented = Number(await store.scalar(
+      'SELECT count(*) FROM pairs p WHERE NOT EXISTS (SELECT 1 FROM sentences s WHERE s.pair_id = p.pair_id)'));
+    return { rows, files: [json, ...images], unsegmented, seconds: (performance.now() - started) / 1000 };
+  });
+}
+
+/** Each image of an exported (segmented) pair once, chunk by chunk (unsorted: a sort would hold all their bytes). */
+async function writeImages(store: Store, dir: string): Promise<string[]> {
+  const result = await store.connection.stream(`SELECT ${imageFileName('i')} AS name, i.bytes FROM images i
+    WHERE i.image_id IN (SELECT p.image_id FROM pairs p WHERE EXISTS (SELECT 1 FROM sentences s WHERE s.pair_id = p.pair_id))`);
+  const written: string[] = [];
+  await mkdir(dir, { recursive: true });
+  for await (const rows of result.yieldRowObjectJs()) {
+    for (const row of rows) {
+      const file = path.join(dir, row.name as string);
+      await writeFile(file, row.bytes as Uint8Array);
+      written.push(file);
+      collectAfter((row.bytes as Uint8Array).byteLength);
+    }
+  }
+  return written;
+}

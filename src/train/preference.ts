@@ -1,0 +1,554 @@
+/**
+ * Preference training (DPO, and sentence-level ASPO) of the vision-language model from prepared shards.
+ * The policy starts from the reference checkpoint; each step runs the policy over the chosen and
+ * rejected responses of a batch (one forward pass over both), takes the reference log-probs from the
+ * shards or from a forward pass of the frozen reference model, and optimises `aspoLoss`.
+ * Deterministic like SFT: data order and updates are functions of the seed, so a resumed run ends
+ * with exactly the weights of an uninterrupted one.
+ */
+import path from 'node:path';
+import { tf } from './backend.js';
+import type { Tokenizer } from './tokenizer.js';
+import { textContext, VisionLanguageModel } from './model.js';
+import { AdamW, DEFAULT_ADAMW, type OptimizerState } from './optimizer.js';
+import { loadCheckpoint, saveCheckpoint } from './checkpoint.js';
+import { loadImagePixels, stackImages } from './images.js';
+import {
+  aspoLoss, buildLayout, disposeLayout, lossMetrics, outputTensors,
+  type AspoLossConfig, type AspoLossOutput, type LossMetrics, type PreferenceBatch,
+} from './loss.js';
+import { newRunId, type MetricsSink } from './metrics.js';
+import {
+  batchIndices, encodeProbeRows, learningRate, loadImages, probeAccuracy, readEvalFile, type ProbeRow,
+} from './sft.js';
+import { loadReferenceModel } from '../score/perplexity.js';
+import type { ShardPair, ShardSet, ShardSplit } from '../shard/types.js';
+
+export const PREFERENCE_OBJECTIVES = ['dpo', 'aspo'] as const;
+export type PreferenceObjective = (typeof PREFERENCE_OBJECTIVES)[number];
+
+/** Where the reference log-probs of a run come from. */
+export type RefSource = 'shards' | 'model';
+
+export interface PreferenceOptions {
+  objective: PreferenceObjective;
+  /** Shard set folder (`aspo shard --out`). */
+  shards: string;
+  /** Reference checkpoint folder: the policy starts from its weights. */
+  ref: string;
+  /** Checkpoint folder written at the end and every `saveEvery` steps. */
+  out: string;
+  /** eval.jsonl with probes: held-out sentence accuracy, as SFT measures it. */
+  probes?: string;
+  /** The loss; `lossType` equals `objective`. */
+  loss: AspoLossConfig;
+  /** Optimizer steps; default: `epochs` passes over the training pairs. */
+  steps?: number;
+  epochs: number;
+  /** Pairs per step. */
+  batchSize: number;
+  lr: number;
+  warmupSteps: number;
+  minLrRatio: number;
+  weightDecay: number;
+  clipNorm: number;
+  seed: number;
+  evalEvery: number;
+  saveEvery: number;
+  logEvery: number;
+}
+
+export const DEFAULT_PREFERENCE_OPTIONS: Omit<PreferenceOptions, 'objective' | 'shards' | 'ref' | 'out' | 'loss' | 'probes'> = {
+  epochs: 2,
+  batchSize: 32,
+  // On the synthetic world (400 pairs, SFT reference of DEFAULT_SFT_OPTIONS): 3e-4 gave the best held-out loss and
+  // reward accuracy of 1e-4, 3e-4 and 1e-3 (1e-3 over-fits within 3 epochs; see docs/train.md).
+  lr: 3e-4,
+  warmupSteps: 10,
+  minLrRatio: 0.1,
+  weightDecay: 0,
+  clipNorm: DEFAULT_ADAMW.clipNorm,
+  seed: 0,
+  evalEvery: 50,
+  saveEvery: 200,
+  logEvery: 5,
+};
+
+/** Everything a preference step logs: the loss metrics, plus optimisation figures. */
+export interface PreferenceStepStats {
+  step: number;
+  metrics: LossMetrics;
+  lr: number;
+  gradNorm: number;
+  pairs: number;
+}
+
+export interface PreferenceEvalStats {
+  /** Pair-weighted means of the loss metrics over the eval split. */
+  metrics: Record<string, number>;
+  pairs: number;
+  /** With --probes: held-out sentence accuracy of the policy. */
+  sentenceAccuracy?: number;
+  probes?: number;
+  /** With --probes whose entries name their kind: sentence accuracy per kind. */
+  byKind?: Record<string, { accuracy: number; probes: number }>;
+}
+
+interface PreferenceState {
+  step: number;
+  totalSteps: number;
+  runId: string;
+  referenceModel: string;
+  refSource: RefSource;
+  options: PreferenceOptions;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Pairs
+
+/** Reads every pair of a split into memory (the trainer samples batches from anywhere in the split). */
+export async function readSplit(set: ShardSet, split: ShardSplit): Promise<ShardPair[]> {
+  const pairs: ShardPair[] = [];
+  for await (const pair of set.pairs(split)) pairs.push(pair);
+  return pairs;
+}
+
+/** Checks one pair's arrays agree with each other; errors name the pair and the field. */
+export function checkShardPair(pair: ShardPair): void {
+  const fail = (message: string): never => { throw new Error(`pair ${pair.pairId}: ${message}`); };
+  for (const side of ['chosen', 'rejected'] as const) {
+    const ids = side === 'chosen' ? pair.chosenIds : pair.rejectedIds;
+    const sentenceIds = side === 'chosen' ? pair.chosenSentenceIds : pair.rejectedSentenceIds;
+    const refLogps = side === 'chosen' ? pair.chosenRefLogps : pair.rejectedRefLogps;
+    if (sentenceIds.length !== ids.length) fail(`${side}SentenceIds has ${sentenceIds.length} entries for ${ids.length} ${side}Ids`);
+    if (refLogps && refLogps.length !== ids.length + 1) {
+      fail(`${side}RefLogps has ${refLogps.length} entries, expected ${ids.length + 1} (one per token and EOS)`);
+    }
+  }
+  pair.chosenSentenceIds.forEach((id, t) => {
+    if (!Number.isInteger(id) || id < -1) fail(`chosenSentenceIds[${t}] must be an integer ≥ −1, got ${id}`);
+  });
+}
+
+/**
+ * With alpha > 0 ASPO fuses the similarity S_i of every chosen sentence that has tokens: a pair
+ * without one cannot be trained on. Returns nothing; throws naming the first such pair.
+ */
+export function checkSimilarity(pairs: ShardPair[], config: AspoLossConfig): void {
+  if (config.lossType !== 'aspo' || config.alpha === 0) return;
+  for (const pair of pairs) {
+    for (const id of new Set(pair.chosenSentenceIds)) {
+      if (id < 0) continue;
+      const s = pair.chosenSimilarity[id];
+      if (s === null || s === undefined || !Number.isFinite(s)) {
+        throw new Error(`pair ${pair.pairId} has no similarity for chosen sentence ${id}, but --alpha ${config.alpha} uses it: ` +
+          'run `aspo score` (e.g. --similarity grounding or --clip) before `aspo shard`, or pass --alpha 0 (perplexity only)');
+      }
+    }
+  }
+}
+
+/** A batch on the host: everything but the model outputs, as flat arrays (pure; no tensors). */
+export interface HostBatch {
+  pairs: number;
+  /** R: response width of both sides (longest response of the batch + EOS). */
+  width: number;
+  imageIds: Array<string | null>;
+  promptIds: number[][];
+  chosenIds: number[][];
+  rejectedIds: number[][];
+  /** [pairs·R] sentence id per chosen column, −1 at EOS and padding. */
+  chosenSentenceIds: Int32Array;
+  chosenKeep: Uint8Array;
+  rejectedKeep: Uint8Array;
+  /** K sentence slots; similarity [pairs·K] (0 where absent), or undefined when the loss does not use it. */
+  numSentences: number;
+  similarity?: Float32Array;
+  /** [pairs·R] stored reference log-probs per side (0 on padding), when the shards hold them. */
+  chosenRefLogps?: Float32Array;
+  rejectedRefLogps?: Float32Array;
+}
+
+/** Pads a list of pairs into one batch; both sides share the width R so one forward pass runs them together. */
+export function collatePairs(pairs: ShardPair[], options: { similarity: boolean; storedRefs: boolean }): HostBatch {
+  if (pairs.length === 0) throw new Error('collatePairs needs at least one pair');
+  const width = 1 + Math.max(...pairs.map((p) => Math.max(p.chosenIds.length, p.rejectedIds.length)));
+  const numSentences = Math.max(1, ...pairs.map((p) => Math.max(0, ...p.chosenSentenceIds) + 1));
+  const n = pairs.length * width;
+  const chosenSentenceIds = new Int32Array(n).fill(-1);
+  const chosenKeep = new Uint8Array(n);
+  const rejectedKeep = new Uint8Array(n);
+  const chosenRef = options.storedRefs ? new Float32Array(n) : undefined;
+  const rejectedRef = options.storedRefs ? new Float32Array(n) : undefined;
+  const similarity = options.similarity ? new Float32Array(pairs.length * numSentences) : undefined;
+  pairs.forEach((p, b) => {
+    const row = b * width;
+    chosenSentenceIds.set(p.chosenSentenceIds, row);
+    chosenKeep.fill(1, row, row + p.chosenIds.length + 1);
+    rejectedKeep.fill(1, row, row + p.rejectedIds.length + 1);
+    if (chosenRef && rejectedRef) {
+      if (!p.chosenRefLogps || !p.rejectedRefLogps) throw new Error(`pair ${p.pairId} has no stored reference log-probs`);
+      chosenRef.set(p.chosenRefLogps, row);
+      rejectedRef.set(p.rejectedRefLogps, row);
+    }
+    if (similarity) p.chosenSimilarity.forEach((s, k) => { if (k < numSentences) similarity[b * numSentences + k] = s ?? 0; });
+  });
+  return {
+    pairs: pairs.length, width,
+    imageIds: pairs.map((p) => p.imageId),
+    promptIds: pairs.map((p) => p.promptIds),
+    chosenIds: pairs.map((p) => p.chosenIds),
+    rejectedIds: pairs.map((p) => p.rejectedIds),
+    chosenSentenceIds, chosenKeep, rejectedKeep, numSentences, similarity,
+    chosenRefLogps: chosenRef, rejectedRefLogps: rejectedRef,
+  };
+}
+
+/** The tensors of a host batch the loss needs besides the log-probs. */
+interface BatchTensors {
+  images: tf.Tensor4D | null;
+  hasImage: boolean[];
+  chosenMask: tf.Tensor2D;
+  rejectedMask: tf.Tensor2D;
+  sentenceIds: tf.Tensor2D;
+  similarity?: tf.Tensor2D;
+  layout: ReturnType<typeof buildLayout>;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Trainer
+
+export class PreferenceTrainer {
+  private constructor(
+    readonly options: PreferenceOptions,
+    readonly policy: VisionLanguageModel,
+    /** The frozen reference; only run when the shards hold no reference log-probs for it. */
+    readonly reference: VisionLanguageModel,
+    readonly referenceModel: string,
+    readonly tokenizer: Tokenizer,
+    readonly optimizer: AdamW,
+    readonly refSource: RefSource,
+    private readonly train: ShardPair[],
+    private readonly evalPairs: ShardPair[],
+    private readonly images: Map<string, Float32Array>,
+    private readonly probeRows: ProbeRow[] | undefined,
+    private readonly probeImages: Map<string, Float32Array>,
+    public step: number,
+    readonly totalSteps: number,
+    readonly runId: string,
+    /** Pairs left out because they do not fit the model's text context. */
+    readonly skipped: number,
+  ) {}
+
+  /** A new run: the policy is a copy of the reference checkpoint's weights. */
+  static async create(options: PreferenceOptions, set: ShardSet, runId = newRunId(options.objective)): Promise<PreferenceTrainer> {
+    return PreferenceTrainer.open(options, set, { step: 0, runId });
+  }
+
+  /** Continues a run from its checkpoint (policy weights, optimizer moments, step and options as saved). */
+  static async resume(dir: string, openSet: (dir: string) => Promise<ShardSet>): Promise<PreferenceTrainer> {
+    const contents = await loadCheckpoint(dir);
+    const state = contents.trainer as unknown as PreferenceState | undefined;
+    if (!contents.optimizer || !state?.options?.loss) throw new Error(`${dir} holds no preference-training state to resume from`);
+    const set = await openSet(state.options.shards);
+    return PreferenceTrainer.open(state.options, set, { ...state, weights: contents.weights, optimizer: contents.optimizer });
+  }
+
+  private static async open(options: PreferenceOptions, set: ShardSet, resume: {
+    step: number; runId: string; totalSteps?: number; referenceModel?: string;
+    weights?: Record<string, Float32Array>; optimizer?: OptimizerState;
+  }): Promise<PreferenceTrainer> {
+    if (options.loss.lossType !== options.objective) {
+      throw new Error(`loss.lossType (${options.loss.lossType}) must equal the objective (${options.objective})`);
+    }
+    await set.verify();
+    const ref = await loadReferenceModel(options.ref);
+    try {
+      const { manifest } = set;
+      if (manifest.tokenizer !== ref.modelId) {
+        throw new Error(`the shards in ${set.dir} were tokenized for ${manifest.tokenizer}, but --ref ${options.ref} is ${ref.modelId}; ` +
+          're-run `aspo shard` with this reference, or pass the reference the shards were written for');
+      }
+      if (resume.referenceModel && resume.referenceModel !== ref.modelId) {
+        throw new Error(`the run was started with reference ${resume.referenceModel}, but ${options.ref} is now ${ref.modelId}`);
+      }
+      const limit = textContext(ref.model.config);
+      const fits = (p: ShardPair) => 1 + p.promptIds.length + Math.max(p.chosenIds.length, p.rejectedIds.length) <= limit;
+      const all = { train: await readSplit(set, 'train'), eval: await readSplit(set, 'eval') };
+      for (const pair of [...all.train, ...all.eval]) checkShardPair(pair);
+      const train = all.train.filter(fits);
+      const evalPairs = all.eval.filter(fits);
+      const skipped = all.train.length + all.eval.length - train.length - evalPairs.length;
+      if (train.length === 0) throw new Error(`no training pair in ${set.dir} fits the reference model's ${limit} text positions`);
+      checkSimilarity([...train, ...evalPairs], options.loss);
+      const stored = manifest.referenceModel === ref.modelId &&
+        [...train, ...evalPairs].every((p) => p.chosenRefLogps && p.rejectedRefLogps);
+      const images = await decodeShardImages(set, [...train, ...evalPairs], ref.model.config.imageSize);
+      let probeRows: ProbeRow[] | undefined;
+      let probeImages = new Map<string, Float32Array>();
+      if (options.probes) {
+        const examples = await readEvalFile(options.probes);
+        probeRows = encodeProbeRows(ref.tokenizer, examples, limit);
+        probeImages = await loadImages(examples.map((e) => e.image), ref.model.config.imageSize);
+      }
+      const policy = VisionLanguageModel.fromValues(ref.model.config, resume.weights ?? await ref.model.values());
+      const optimizer = new AdamW(policy.weights, { ...DEFAULT_ADAMW, weightDecay: options.weightDecay, clipNorm: options.clipNorm });
+      if (resume.optimizer) optimizer.restore(resume.optimizer);
+      const perStep = Math.min(options.batchSize, train.length);
+      const totalSteps = resume.totalSteps ?? options.steps ?? options.epochs * Math.floor(train.length / perStep);
+      return new PreferenceTrainer(options, policy, ref.model, ref.modelId, ref.tokenizer, optimizer, stored ? 'shards' : 'model',
+        train, evalPairs, images, probeRows, probeImages, resume.step, totalSteps, resume.runId, skipped);
+    } catch (error) {
+      ref.model.dispose();
+      throw error;
+    }
+  }
+
+  get trainPairs(): number {
+    return this.train.length;
+  }
+
+  get evalPairCount(): number {
+    return this.evalPairs.length;
+  }
+
+  /** The training pairs of optimizer step `step` (0-based), as the seed orders them. */
+  pairsOfStep(step: number): ShardPair[] {
+    return batchIndices(step, this.train.length, this.options.batchSize, this.options.seed).map((i) => this.train[i]!);
+  }
+
+  private tensorsOf(host: HostBatch): BatchTensors {
+    const pixels = host.imageIds.map((id) => (id === null ? null : this.images.get(id)!));
+    const { pairs, width } = host;
+    return {
+      images: pixels.some(Boolean) ? stackImages(pixels, this.policy.config.imageSize) : null,
+      hasImage: pixels.map(Boolean),
+      chosenMask: tf.tensor2d(Float32Array.from(host.chosenKeep), [pairs, width]),
+      rejectedMask: tf.tensor2d(Float32Array.from(host.rejectedKeep), [pairs, width]),
+      sentenceIds: tf.tensor2d(host.chosenSentenceIds, [pairs, width], 'int32'),
+      similarity: host.similarity && tf.tensor2d(host.similarity, [pairs, host.numSentences]),
+      layout: buildLayout({
+        batch: pairs, numSentences: host.numSentences,
+        chosenLength: width, chosenIds: host.chosenSentenceIds, chosenKeep: host.chosenKeep,
+        rejectedLength: width, rejectedKeep: host.rejectedKeep,
+      }),
+    };
+  }
+
+  /** Per-token log-probs of chosen and rejected under `model`, [pairs, R] each, from one forward pass over both. */
+  private sideLogProbs(model: VisionLanguageModel, host: HostBatch, t: BatchTensors): [tf.Tensor2D, tf.Tensor2D] {
+    const images = t.images && tf.concat([t.images, t.images]) as tf.Tensor4D;
+    const { logps, mask } = model.responseLogProbs({
+      images, hasImage: [...t.hasImage, ...t.hasImage],
+      promptIds: [...host.promptIds, ...host.promptIds], responseIds: [...host.chosenIds, ...host.rejectedIds],
+    });
+    mask.dispose();
+    const { pairs, width } = host;
+    return [tf.slice(logps, [0, 0], [pairs, width]), tf.slice(logps, [pairs, 0], [pairs, width])];
+  }
+
+  /** Reference log-probs of both sides: the stored ones, or a forward pass of the reference (no gradient). */
+  private referenceLogProbs(host: HostBatch, t: BatchTensors): [tf.Tensor2D, tf.Tensor2D] {
+    if (this.refSource === 'shards') {
+      const shape: [number, number] = [host.pairs, host.width];
+      return [tf.tensor2d(host.chosenRefLogps!, shape), tf.tensor2d(host.rejectedRefLogps!, shape)];
+    }
+    return tf.tidy(() => this.sideLogProbs(this.reference, host, t));
+  }
+
+  collate(pairs: ShardPair[]): HostBatch {
+    return collatePairs(pairs, { similarity: this.usesSimilarity, storedRefs: this.refSource === 'shards' });
+  }
+
+  private get usesSimilarity(): boolean {
+    return this.options.loss.lossType === 'aspo' && this.options.loss.alpha > 0;
+  }
+
+  private preferenceBatch(t: BatchTensors, host: HostBatch, policy: [tf.Tensor2D, tf.Tensor2D], ref: [tf.Tensor2D, tf.Tensor2D]): PreferenceBatch {
+    return {
+      chosen: { policyLogps: policy[0], refLogps: ref[0], mask: t.chosenMask, sentenceIds: t.sentenceIds },
+      rejected: { policyLogps: policy[1], refLogps: ref[1], mask: t.rejectedMask },
+      similarity: t.similarity,
+      numSentences: host.numSentences,
+      layout: t.layout,
+    };
+  }
+
+  /** The loss metrics of `pairs` under the current policy, without a gradient or an update. */
+  async lossOf(pairs: ShardPair[]): Promise<LossMetrics> {
+    const host = this.collate(pairs);
+    const t = this.tensorsOf(host);
+    const ref = this.referenceLogProbs(host, t);
+    const policy = tf.tidy(() => this.sideLogProbs(this.policy, host, t));
+    const batch = this.preferenceBatch(t, host, policy, ref);
+    const output = aspoLoss(batch, this.options.loss);
+    const metrics = await lossMetrics(batch, output);
+    tf.dispose([...outputTensors(output), ...policy, ...ref]);
+    disposeTensors(t);
+    return metrics;
+  }
+
+  /** One optimizer step on the batch the seed assigns to the current step. */
+  async trainStep(): Promise<PreferenceStepStats> {
+    const host = this.collate(this.pairsOfStep(this.step));
+    const t = this.tensorsOf(host);
+    const ref = this.referenceLogProbs(host, t);
+    const names = new Map(Object.entries(this.policy.weights).map(([name, w]) => [w.name, name]));
+    let output: AspoLossOutput | undefined;
+    let policy: [tf.Tensor2D, tf.Tensor2D] | undefined;
+    const { value, grads } = tf.variableGrads(() => {
+      policy = this.sideLogProbs(this.policy, host, t);
+      output = aspoLoss(this.preferenceBatch(t, host, policy, ref), this.options.loss);
+      // The metrics read the loss's outputs and the policy log-probs after the tape is done.
+      for (const kept of [...outputTensors(output), ...policy]) if (kept !== output.loss) tf.keep(kept);
+      return output.loss;
+    }, Object.values(this.policy.weights));
+    const byName: Record<string, tf.Tensor> = {};
+    for (const [tfName, g] of Object.entries(grads)) byName[names.get(tfName)!] = g;
+    const lr = learningRate(this.step, this.totalSteps, this.options);
+    const gradNorm = this.optimizer.apply(byName, lr);
+    const metrics = await lossMetrics(this.preferenceBatch(t, host, policy!, ref), { ...output!, loss: value as tf.Scalar });
+    tf.dispose([value, ...Object.values(grads), ...outputTensors(output!), ...policy!, ...ref]);
+    disposeTensors(t);
+    this.step += 1;
+    return { step: this.step, metrics, lr, gradNorm, pairs: host.pairs };
+  }
+
+  /** Loss metrics over the eval split (pair-weighted means of batch means), and probe sentence accuracy with --probes. */
+  async evaluate(): Promise<PreferenceEvalStats | undefined> {
+    if (!this.evalPairs.length && !this.probeRows?.length) return undefined;
+    const sums: Record<string, number> = {};
+    for (let i = 0; i < this.evalPairs.length; i += this.options.batchSize) {
+      const pairs = this.evalPairs.slice(i, i + this.options.batchSize);
+      const metrics = await this.lossOf(pairs);
+      for (const [name, value] of Object.entries(metrics)) sums[name] = (sums[name] ?? 0) + value * pairs.length;
+    }
+    const n = this.evalPairs.length;
+    const stats: PreferenceEvalStats = { metrics: Object.fromEntries(Object.entries(sums).map(([k, v]) => [k, v / n])), pairs: n };
+    if (this.probeRows?.length) Object.assign(stats, await probeAccuracy(this.policy, this.probeImages, this.probeRows));
+    return stats;
+  }
+
+  async save(dir = this.options.out): Promise<void> {
+    const state: PreferenceState = {
+      step: this.step, totalSteps: this.totalSteps, runId: this.runId,
+      referenceModel: this.referenceModel, refSource: this.refSource, options: this.options,
+    };
+    await saveCheckpoint(dir, {
+      config: this.policy.config, tokenizer: this.tokenizer, weights: await this.policy.values(),
+      optimizer: await this.optimizer.state(), trainer: state as unknown as Record<string, unknown>,
+    });
+  }
+
+  dispose(): void {
+    this.optimizer.dispose();
+    this.policy.dispose();
+    this.reference.dispose();
+  }
+}
+
+function disposeTensors(t: BatchTensors): void {
+  tf.dispose([t.chosenMask, t.rejectedMask, t.sentenceIds]);
+  if (t.images) t.images.dispose();
+  if (t.similarity) t.similarity.dispose();
+  disposeLayout(t.layout);
+}
+
+/** Decodes the images the pairs use, once each, from the shard set's image file. */
+async function decodeShardImages(set: ShardSet, pairs: ShardPair[], size: number): Promise<Map<string, Float32Array>> {
+  const needed = new Set(pairs.map((p) => p.imageId).filter((id): id is string => id !== null));
+  const decoded = new Map<string, Float32Array>();
+  if (needed.size === 0) return decoded;
+  const bytes = await set.images();
+  for (const id of needed) {
+    const data = bytes.get(id);
+    if (!data) throw new Error(`image ${id} is used by a pair but missing from the shard set's images`);
+    decoded.set(id, await loadImagePixels(Buffer.from(data), size));
+  }
+  return decoded;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Run loop
+
+export interface PreferenceHooks {
+  metrics?: MetricsSink;
+  backend?: string;
+  onStep?: (stats: PreferenceStepStats, trainer: PreferenceTrainer) => void;
+  onEval?: (stats: PreferenceEvalStats, trainer: PreferenceTrainer) => void;
+}
+
+export interface PreferenceResult {
+  runId: string;
+  objective: PreferenceObjective;
+  steps: number;
+  refSource: RefSource;
+  /** Window means of the last logged training window. */
+  train: Record<string, number>;
+  eval?: PreferenceEvalStats;
+  pairsPerSecond: number;
+  seconds: number;
+  skippedPairs: number;
+}
+
+/** The run's config as the runs table records it: every option, the loss under `loss`, and what was resolved at start. */
+export function runConfig(trainer: PreferenceTrainer): Record<string, unknown> {
+  return {
+    ...trainer.options, totalSteps: trainer.totalSteps, referenceModel: trainer.referenceModel, refSource: trainer.refSource,
+    trainPairs: trainer.trainPairs, evalPairs: trainer.evalPairCount, model: trainer.policy.config, parameters: trainer.policy.parameterCount,
+  };
+}
+
+/** Runs (or continues) training to `trainer.totalSteps`, logging, evaluating and checkpointing on the way. */
+export async function runPreference(trainer: PreferenceTrainer, hooks: PreferenceHooks = {}): Promise<PreferenceResult> {
+  const { options } = trainer;
+  const started = performance.now();
+  await hooks.metrics?.start({
+    runId: trainer.runId, objective: options.objective, backend: hooks.backend ?? tf.getBackend(),
+    checkpoint: path.resolve(options.out), config: runConfig(trainer),
+  });
+  let window = { sums: {} as Record<string, number>, steps: 0, pairs: 0, since: performance.now() };
+  let lastWindow: Record<string, number> = {};
+  let totalPairs = 0;
+  let lastEval: PreferenceEvalStats | undefined;
+  const evaluate = async () => {
+    const stats = await trainer.evaluate();
+    if (!stats) return;
+    lastEval = stats;
+    hooks.onEval?.(stats, trainer);
+    const extra: Record<string, number> = stats.sentenceAccuracy === undefined ? {} : { sentence_accuracy: stats.sentenceAccuracy };
+    for (const [kind, k] of Object.entries(stats.byKind ?? {})) extra[`sentence_accuracy.${kind}`] = k.accuracy;
+    await hooks.metrics?.log(trainer.step, 'eval', { ...stats.metrics, ...extra });
+  };
+  try {
+    if (trainer.step === 0) await evaluate();
+    while (trainer.step < trainer.totalSteps) {
+      const stats = await trainer.trainStep();
+      totalPairs += stats.pairs;
+      for (const [name, value] of Object.entries(stats.metrics)) window.sums[name] = (window.sums[name] ?? 0) + value;
+      window.steps += 1;
+      window.pairs += stats.pairs;
+      hooks.onStep?.(stats, trainer);
+      const last = trainer.step === trainer.totalSteps;
+      if (trainer.step % options.logEvery === 0 || last) {
+        const seconds = (performance.now() - window.since) / 1000;
+        const means = Object.fromEntries(Object.entries(window.sums).map(([name, sum]) => [name, sum / window.steps]));
+        lastWindow = { ...means, lr: stats.lr, grad_norm: stats.gradNorm, pairs_per_s: window.pairs / seconds };
+        await hooks.metrics?.log(trainer.step, 'train', lastWindow);
+        window = { sums: {}, steps: 0, pairs: 0, since: performance.now() };
+      }
+      if ((options.evalEvery > 0 && trainer.step % options.evalEvery === 0) || last) await evaluate();
+      if ((options.saveEvery > 0 && trainer.step % options.saveEvery === 0) || last) await trainer.save();
+    }
+  } catch (error) {
+    await hooks.metrics?.finish('failed', { step: trainer.step, error: (error as Error).message });
+    throw error;
+  }
+  const seconds = (performance.now() - started) / 1000;
+  const result: PreferenceResult = {
+    runId: trainer.runId, objective: options.objective, steps: trainer.step, refSource: trainer.refSource,
+    train: lastWindow, eval: lastEval, pairsPerSecond: totalPairs / seconds, seconds, skippedPairs: trainer.skipped,
+  };
+  await hooks.metrics?.finish('finished', { ...result });
+  return result;
+}
