@@ -27,10 +27,10 @@ import { evaluateGenerations } from '../src/synth/evaluate.js';
 import { synthesize } from '../src/synth/synthesize.js';
 import { initBackend } from '../src/train/backend.js';
 import { lossConfig } from '../src/train/loss.js';
-import { DEFAULT_PREFERENCE_OPTIONS, PreferenceTrainer, runPreference, type PreferenceObjective } from '../src/train/preference.js';
+import { DEFAULT_PREFERENCE_OPTIONS, PreferenceTrainer, runPreference, type PreferenceObjective, type PreferenceOptions } from '../src/train/preference.js';
 import type { VisionLanguageModel } from '../src/train/model.js';
 import type { Tokenizer } from '../src/train/tokenizer.js';
-import { DEFAULT_SFT_OPTIONS, readSftData, runSft, SftTrainer } from '../src/train/sft.js';
+import { DEFAULT_SFT_OPTIONS, readSftData, runSft, SftTrainer, type SftOptions } from '../src/train/sft.js';
 
 export interface Method {
   name: string;
@@ -58,6 +58,9 @@ export interface ExperimentConfig {
   /** Preference steps per run (default: DEFAULT_PREFERENCE_OPTIONS' epochs). */
   steps?: number;
   methods: readonly Method[];
+  /** Overrides of the SFT and preference-training defaults (the quick variant shrinks the model). */
+  sft?: Partial<SftOptions>;
+  preference?: Partial<PreferenceOptions>;
   log?: (line: string) => void;
 }
 
@@ -69,6 +72,10 @@ export interface Evaluation {
 }
 
 export interface RunResult extends Evaluation {
+  /** Reward accuracy on the held-out pairs before the first step (the policy is the reference: margins ≈ 0). */
+  rewardAccuracyBefore: number;
+  /** Reward accuracy over the last logged training window. */
+  trainRewardAccuracy: number;
   noise: number;
   method: string;
   seed: number;
@@ -76,7 +83,7 @@ export interface RunResult extends Evaluation {
 }
 
 export interface ExperimentResult {
-  config: Omit<ExperimentConfig, 'log' | 'methods'> & { methods: string[] };
+  config: Omit<ExperimentConfig, 'log' | 'methods' | 'sft' | 'preference'> & { methods: string[] };
   reference: Evaluation & { sftSeconds: number };
   /** AUROC of the reference-time sentence weights (low weight ⇒ hallucinated) on training chosen sentences, per noise and α. */
   weightAuroc: Array<{ noise: number; alpha: number; auroc: number; sentences: number }>;
@@ -128,7 +135,7 @@ export async function runExperiment(config: ExperimentConfig): Promise<Experimen
   await synthesize({ out: sftData, force: true, seed: 7, images: config.images, evalImages: config.evalImages, noise: 0 });
   const reference = path.join(config.out, 'reference');
   await rm(reference, { recursive: true, force: true });
-  const sft = await SftTrainer.create({ ...DEFAULT_SFT_OPTIONS, data: sftData, out: reference, steps: config.sftSteps, evalEvery: 0 },
+  const sft = await SftTrainer.create({ ...DEFAULT_SFT_OPTIONS, ...config.sft, data: sftData, out: reference, steps: config.sftSteps, evalEvery: 0 },
     await readSftData(sftData));
   const sftResult = await runSft(sft);
   const referenceGen = await evaluateModel(sft.model, sft.tokenizer, sftData);
@@ -148,17 +155,22 @@ export async function runExperiment(config: ExperimentConfig): Promise<Experimen
         await rm(out, { recursive: true, force: true });
         const runStarted = performance.now();
         const trainer = await PreferenceTrainer.create({
-          ...DEFAULT_PREFERENCE_OPTIONS, objective: method.objective, shards: world.shards, ref: reference, out,
+          ...DEFAULT_PREFERENCE_OPTIONS, ...config.preference, objective: method.objective, shards: world.shards, ref: reference, out,
           probes: path.join(world.data, 'eval.jsonl'), steps: config.steps, seed, evalEvery: 0, saveEvery: 0,
           loss: lossConfig({ lossType: method.objective, ...(method.alpha === undefined ? {} : { alpha: method.alpha }) }),
         }, await openShardSet(world.shards));
-        const result = await runPreference(trainer);
+        let rewardAccuracyBefore = NaN;
+        const result = await runPreference(trainer, {
+          onEval: (stats, at) => { if (at.step === 0) rewardAccuracyBefore = stats.metrics['rewards/accuracies'] ?? NaN; },
+        });
         const generations = await evaluateModel(trainer.policy, trainer.tokenizer, world.data);
         trainer.dispose();
         const run: RunResult = {
           noise, method: method.name, seed, ...generations,
           sentenceAccuracy: result.eval?.sentenceAccuracy ?? NaN,
           rewardAccuracy: result.eval?.metrics['rewards/accuracies'] ?? NaN,
+          rewardAccuracyBefore,
+          trainRewardAccuracy: result.train['rewards/accuracies'] ?? NaN,
           seconds: (performance.now() - runStarted) / 1000,
         };
         runs.push(run);
@@ -169,7 +181,8 @@ export async function runExperiment(config: ExperimentConfig): Promise<Experimen
     }
   }
   return {
-    config: { ...config, log: undefined, methods: config.methods.map((m) => m.name) } as ExperimentResult['config'],
+    config: { out: config.out, noises: config.noises, seeds: config.seeds, images: config.images, evalImages: config.evalImages,
+      sftSteps: config.sftSteps, steps: config.steps, methods: config.methods.map((m) => m.name) },
     reference: { ...referenceGen, sentenceAccuracy: sftResult.eval?.sentenceAccuracy ?? NaN, rewardAccuracy: NaN, sftSeconds: sftResult.seconds },
     weightAuroc,
     runs,

@@ -24,7 +24,7 @@ const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }
     load: async () => (await import('./commands/score.js')).command,
   },
   train: {
-    summary: 'train the small vision-language model (--objective sft: the reference model)',
+    summary: 'train the small vision-language model: --objective sft (the reference model), dpo or aspo (sentence-level preference optimization)',
     load: async () => (await import('./commands/train.js')).command,
   },
   evaluate: {

@@ -10,7 +10,6 @@ import {
 } from 'apache-arrow';
 import { DuckDBTypeId, JSDuckDBValueConverter, type DuckDBListType, type DuckDBStructType, type DuckDBType } from '@duckdb/node-api';
 import type { Store } from '../store/store.js';
-import { collectAfter } from './memory.js';
 
 /** The Arrow type a DuckDB column is written as; types without an Arrow counterpart here are written as text. */
 export function arrowType(type: DuckDBType): DataType {
@@ -87,7 +86,7 @@ export async function writeArrow(store: Store, sql: string, out: string, layout:
       const data = makeData({ type: new Struct(schema.fields), length: chunk.rowCount, nullCount: 0, children });
       writer.write(new RecordBatch(schema, data));
       rows += chunk.rowCount;
-      collectAfter(await sink.flushTo(file));
+      await sink.flushTo(file);
     }
     writer.finish();
     await sink.flushTo(file);
@@ -106,15 +105,9 @@ class CollectingSink extends AsyncByteQueue {
     if (value.byteLength) this.chunks.push(value);
   }
 
-  /** Writes what was collected; returns its size. */
-  async flushTo(file: FileHandle): Promise<number> {
+  async flushTo(file: FileHandle): Promise<void> {
     const chunks = this.chunks;
     this.chunks = [];
-    let bytes = 0;
-    for (const chunk of chunks) {
-      await file.write(chunk);
-      bytes += chunk.byteLength;
-    }
-    return bytes;
+    for (const chunk of chunks) await file.write(chunk);
   }
 }

@@ -11,7 +11,6 @@ import path from 'node:path';
 import { StatementType } from '@duckdb/node-api';
 import type { Store } from '../store/store.js';
 import { writeArrow } from './arrow.js';
-import { collectAfter } from './memory.js';
 import { ExportError, prepareFile, prepareFolder, quoteIdent, quoteString } from './output.js';
 import { aspoReferenceSql, imageFileName, trlFeatures, trlShardSql, type ShardRange } from './layouts.js';
 
@@ -19,6 +18,7 @@ export const TABLE_FORMATS = ['parquet', 'arrow', 'csv', 'jsonl'] as const;
 export type TableFormat = (typeof TABLE_FORMATS)[number];
 
 export const DEFAULT_ROWS_PER_SHARD = 5000;
+const IMAGE_BATCH = 64;
 /** DuckDB's memory limit while exporting: sorts and joins spill to a temporary folder beyond it. */
 export const DEFAULT_EXPORT_MEMORY = '256MB';
 /** Parquet row groups are cut by size, not row count: a row group is held in memory until written, and a default
@@ -258,18 +258,21 @@ export async function exportAspoReference(store: Store, options: ExportCommon): 
   });
 }
 
-/** Each image of an exported (segmented) pair once, chunk by chunk (unsorted: a sort would hold all their bytes). */
+/** Each image of an exported (segmented) pair once, IMAGE_BATCH images per query, so that only a few images' bytes
+ *  are in memory at a time. */
 async function writeImages(store: Store, dir: string): Promise<string[]> {
-  const result = await store.connection.stream(`SELECT ${imageFileName('i')} AS name, i.bytes FROM images i
-    WHERE i.image_id IN (SELECT p.image_id FROM pairs p WHERE EXISTS (SELECT 1 FROM sentences s WHERE s.pair_id = p.pair_id))`);
+  const ids = (await store.all<{ image_id: string }>(`SELECT DISTINCT p.image_id FROM pairs p
+    WHERE p.image_id IS NOT NULL AND EXISTS (SELECT 1 FROM sentences s WHERE s.pair_id = p.pair_id) ORDER BY 1`)).map((r) => r.image_id);
   const written: string[] = [];
   await mkdir(dir, { recursive: true });
-  for await (const rows of result.yieldRowObjectJs()) {
+  for (let from = 0; from < ids.length; from += IMAGE_BATCH) {
+    const batch = ids.slice(from, from + IMAGE_BATCH);
+    const rows = await store.all<{ name: string; bytes: Uint8Array }>(
+      `SELECT ${imageFileName('i')} AS name, i.bytes FROM images i WHERE i.image_id IN (${batch.map(quoteString).join(', ')})`);
     for (const row of rows) {
-      const file = path.join(dir, row.name as string);
-      await writeFile(file, row.bytes as Uint8Array);
+      const file = path.join(dir, row.name);
+      await writeFile(file, row.bytes);
       written.push(file);
-      collectAfter((row.bytes as Uint8Array).byteLength);
     }
   }
   return written;
