@@ -188,7 +188,7 @@ test('TRL export: shards with the TRL schema and Hugging Face features, spans an
     assert.deepEqual(Object.keys(features), schema.map((c) => c.name));
     assert.deepEqual(features.chosen_sentence_weights, [{ dtype: 'float64', _type: 'Value' }]);
 
-    const rows = await store.all<TrlRow>(`SELECT * FROM read_parquet(${glob}) ORDER BY filename, pair_id`.replace('ORDER BY filename, ', 'ORDER BY '));
+    const rows = await store.all<TrlRow>(`SELECT * FROM read_parquet(${glob}) ORDER BY pair_id`);
     const pairs = await store.all<{ pair_id: string; prompt: string; chosen: string; rejected: string; image_id: string | null }>('SELECT * FROM pairs ORDER BY pair_id');
     assert.deepEqual(rows.map((r) => r.pair_id), pairs.map((p) => p.pair_id));
     const sentences = await store.all<{ pair_id: string; side: string; start: number; end: number; text: string }>('SELECT * FROM sentences ORDER BY pair_id, side, idx');

@@ -1,11 +1,11 @@
 /**
- * Query results to Arrow IPC, one DuckDB chunk at a time: each chunk becomes one record batch, written and flushed
- * before the next is fetched, so memory holds a chunk, not the result.
+ * Query results to an Arrow IPC file, one DuckDB chunk at a time: each chunk becomes one record batch, which is on
+ * disk before the next chunk is fetched.
  */
 import { open, type FileHandle } from 'node:fs/promises';
 import {
   AsyncByteQueue, Binary, Bool, DateDay, Field, Float32, Float64, Int8, Int16, Int32, Int64, List, RecordBatch, RecordBatchFileWriter,
-  RecordBatchStreamWriter, Schema, Struct, TimestampMicrosecond, Uint8, Uint16, Uint32, Uint64, Utf8, makeBuilder, makeData,
+  Schema, Struct, TimestampMicrosecond, Uint8, Uint16, Uint32, Uint64, Utf8, makeBuilder, makeData,
   type Data, type DataType,
 } from 'apache-arrow';
 import { DuckDBTypeId, JSDuckDBValueConverter, type DuckDBListType, type DuckDBStructType, type DuckDBType } from '@duckdb/node-api';
@@ -61,18 +61,13 @@ function columnData(values: unknown[], type: DataType): Data {
   return builder.finish().flush();
 }
 
-export type ArrowLayout = 'file' | 'stream';
-
-/**
- * Streams `sql` to an Arrow IPC file (random access, `.arrow`) or stream. Returns the rows written.
- * The output is written to `out`; the caller decides about overwriting.
- */
-export async function writeArrow(store: Store, sql: string, out: string, layout: ArrowLayout = 'file'): Promise<number> {
+/** Streams `sql` to an Arrow IPC file (the random-access format, `.arrow`); returns the rows written. */
+export async function writeArrow(store: Store, sql: string, out: string): Promise<number> {
   const result = await store.connection.stream(sql);
   const names = result.columnNames();
   const types = result.columnTypes().map(arrowType);
   const schema = new Schema(names.map((name, i) => new Field(name, types[i]!, true)));
-  const writer = layout === 'file' ? new RecordBatchFileWriter() : new RecordBatchStreamWriter();
+  const writer = new RecordBatchFileWriter();
   // The writer's own queue only empties as fast as a reader pulls, so a slow disk would let it grow by a batch per
   // chunk; this sink hands the bytes over synchronously and each batch is on disk before the next chunk is fetched.
   const sink = new CollectingSink();
