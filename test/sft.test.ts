@@ -26,7 +26,7 @@ function tinyOptions(out: string, overrides: Partial<SftOptions> = {}): SftOptio
     ...DEFAULT_SFT_OPTIONS,
     data: dataDir, out, batchSize: 12, lr: 1e-2, warmupSteps: 5, evalEvery: 0, saveEvery: 0, logEvery: 5,
     model: {
-      ...DEFAULT_SFT_OPTIONS.model, width: 32, layers: 1, heads: 2, mlpRatio: 2, context: 16 + 12, imageSize: 64, patchSize: 16, stemChannels: 0, patchHidden: 0,
+      ...DEFAULT_SFT_OPTIONS.model, width: 32, layers: 1, heads: 2, mlpRatio: 2, context: 16 + 12, imageSize: 64, patchSize: 16, stemChannels: 0,
     },
     ...overrides,
   };

@@ -52,8 +52,9 @@ export const STEM_STRIDE = 4;
 
 export function validateModelConfig(input: ModelConfig): ModelConfig {
   // checkpoints written before the stem existed have no stemChannels: a linear patch projection
-  const config = { ...input, stemChannels: input.stemChannels ?? 0, patchHidden: input.patchHidden ?? 0 };
-  if (!Number.isInteger(config.patchHidden) || config.patchHidden < 0) {
+  // patchHidden stays absent when absent (0), so configs written before it round-trip unchanged
+  const config = { ...input, stemChannels: input.stemChannels ?? 0 };
+  if (config.patchHidden !== undefined && (!Number.isInteger(config.patchHidden) || config.patchHidden < 0)) {
     throw new Error(`model config: patchHidden must be an integer ≥ 0, got ${config.patchHidden}`);
   }
   if (!Number.isInteger(config.stemChannels) || config.stemChannels < 0) {

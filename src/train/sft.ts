@@ -69,7 +69,7 @@ export const DEFAULT_SFT_OPTIONS: Omit<SftOptions, 'data' | 'out'> = {
   clipNorm: DEFAULT_ADAMW.clipNorm,
   seed: 0,
   // 48×48 in 16×16 patches: one visual token per cell of a 3×3 layout, so an object is never cut across tokens
-  model: { ...DEFAULT_MODEL_CONFIG, width: 64, layers: 3, heads: 4, imageSize: 48, patchSize: 16, stemChannels: 32, patchHidden: 64 },
+  model: { ...DEFAULT_MODEL_CONFIG, width: 64, layers: 3, heads: 4, imageSize: 48, patchSize: 16, stemChannels: 32 },
   vocabSize: 512,
   evalEvery: 200,
   saveEvery: 500,
