@@ -12,7 +12,8 @@
  *   npx tsc -p . && node dist/bench/aspo-vs-dpo.js [--quick] [--out bench-output/aspo-vs-dpo] [--seeds 3]
  *       [--noise 0.2,0.4] [--images 600] [--steps N] [--markdown docs/results-table.md]
  */
-import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { spawn } from 'node:child_process';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -48,6 +49,10 @@ export const METHODS: readonly Method[] = [
 
 export interface ExperimentConfig {
   out: string;
+  /** Seed of the synthetic worlds (the SFT data and held-out images depend on it, not on the noise). */
+  worldSeed: number;
+  /** An SFT checkpoint trained on this world's sft.jsonl (same seed and image count); default: train one here. */
+  reference?: string;
   noises: number[];
   seeds: number[];
   /** Training images (one pair each) and held-out images per world. */
@@ -97,7 +102,7 @@ async function prepareWorld(dir: string, noise: number, config: ExperimentConfig
   const db = path.join(dir, 'store.duckdb');
   const shards = path.join(dir, 'shards');
   await rm(db, { force: true });
-  await synthesize({ out: data, force: true, seed: 7, images: config.images, evalImages: config.evalImages, noise });
+  await synthesize({ out: data, force: true, seed: config.worldSeed, images: config.images, evalImages: config.evalImages, noise });
   const weightAuroc: ExperimentResult['weightAuroc'] = [];
   await withStore(db, async (store) => {
     await ingest(store, [path.join(data, 'pairs.jsonl')]);
@@ -124,30 +129,38 @@ async function evaluateModel(model: VisionLanguageModel, tokenizer: Tokenizer, d
   return { hallucinationRate: result.hallucinationRate, unknownRate: result.unknownRate };
 }
 
+/** The SFT reference every method starts from: the one given, or one trained here on the world's true descriptions. */
+async function prepareReference(config: ExperimentConfig): Promise<{ dir: string; sftSeconds: number }> {
+  if (config.reference) return { dir: config.reference, sftSeconds: 0 };
+  const sftData = path.join(config.out, 'sft-data');
+  await synthesize({ out: sftData, force: true, seed: config.worldSeed, images: config.images, evalImages: config.evalImages, noise: 0 });
+  const dir = path.join(config.out, 'reference');
+  await rm(dir, { recursive: true, force: true });
+  const sft = await SftTrainer.create({ ...DEFAULT_SFT_OPTIONS, ...config.sft, data: sftData, out: dir, steps: config.sftSteps, evalEvery: 0 },
+    await readSftData(sftData));
+  const result = await runSft(sft);
+  sft.dispose();
+  return { dir, sftSeconds: result.seconds };
+}
+
 export async function runExperiment(config: ExperimentConfig): Promise<ExperimentResult> {
   const log = config.log ?? (() => {});
   const started = performance.now();
   await mkdir(config.out, { recursive: true });
   await initBackend('auto');
-
-  // One reference for every world: the SFT records and held-out images depend on the seed, not on the noise.
-  const sftData = path.join(config.out, 'sft-data');
-  await synthesize({ out: sftData, force: true, seed: 7, images: config.images, evalImages: config.evalImages, noise: 0 });
-  const reference = path.join(config.out, 'reference');
-  await rm(reference, { recursive: true, force: true });
-  const sft = await SftTrainer.create({ ...DEFAULT_SFT_OPTIONS, ...config.sft, data: sftData, out: reference, steps: config.sftSteps, evalEvery: 0 },
-    await readSftData(sftData));
-  const sftResult = await runSft(sft);
-  const referenceGen = await evaluateModel(sft.model, sft.tokenizer, sftData);
-  sft.dispose();
-  log(`reference: SFT ${sftResult.steps} steps in ${sftResult.seconds.toFixed(0)} s, held-out sentence accuracy ` +
-    `${(100 * (sftResult.eval?.sentenceAccuracy ?? NaN)).toFixed(1)}%, hallucination rate ${(100 * referenceGen.hallucinationRate).toFixed(1)}%`);
+  const { dir: reference, sftSeconds } = await prepareReference(config);
+  let referenceEval: Evaluation | undefined;
 
   const runs: RunResult[] = [];
   const weightAuroc: ExperimentResult['weightAuroc'] = [];
   for (const noise of config.noises) {
     const world = await prepareWorld(path.join(config.out, `noise-${noise}`), noise, config, reference);
     weightAuroc.push(...world.weightAuroc);
+    if (!referenceEval) {
+      const ref = await loadReferenceModel(reference);
+      referenceEval = { ...await evaluateModel(ref.model, ref.tokenizer, world.data), sentenceAccuracy: NaN, rewardAccuracy: NaN };
+      ref.model.dispose();
+    }
     log(`noise ${noise}: weight AUROC ${world.weightAuroc.map((w) => `α=${w.alpha} ${w.auroc.toFixed(3)}`).join(', ')}`);
     for (const seed of config.seeds) {
       for (const method of config.methods) {
@@ -161,7 +174,11 @@ export async function runExperiment(config: ExperimentConfig): Promise<Experimen
         }, await openShardSet(world.shards));
         let rewardAccuracyBefore = NaN;
         const result = await runPreference(trainer, {
-          onEval: (stats, at) => { if (at.step === 0) rewardAccuracyBefore = stats.metrics['rewards/accuracies'] ?? NaN; },
+          onEval: (stats, at) => {
+            if (at.step > 0) return;
+            rewardAccuracyBefore = stats.metrics['rewards/accuracies'] ?? NaN;
+            if (referenceEval && Number.isNaN(referenceEval.sentenceAccuracy)) referenceEval.sentenceAccuracy = stats.sentenceAccuracy ?? NaN;
+          },
         });
         const generations = await evaluateModel(trainer.policy, trainer.tokenizer, world.data);
         trainer.dispose();
@@ -180,10 +197,14 @@ export async function runExperiment(config: ExperimentConfig): Promise<Experimen
       }
     }
   }
+  if (referenceEval) {
+    log(`reference: hallucination rate ${(100 * referenceEval.hallucinationRate).toFixed(1)}%, ` +
+      `held-out sentence accuracy ${(100 * referenceEval.sentenceAccuracy).toFixed(1)}%`);
+  }
   return {
-    config: { out: config.out, noises: config.noises, seeds: config.seeds, images: config.images, evalImages: config.evalImages,
-      sftSteps: config.sftSteps, steps: config.steps, methods: config.methods.map((m) => m.name) },
-    reference: { ...referenceGen, sentenceAccuracy: sftResult.eval?.sentenceAccuracy ?? NaN, rewardAccuracy: NaN, sftSeconds: sftResult.seconds },
+    config: { out: config.out, worldSeed: config.worldSeed, reference: config.reference, noises: config.noises, seeds: config.seeds,
+      images: config.images, evalImages: config.evalImages, sftSteps: config.sftSteps, steps: config.steps, methods: config.methods.map((m) => m.name) },
+    reference: { ...(referenceEval ?? { hallucinationRate: NaN, unknownRate: NaN, sentenceAccuracy: NaN, rewardAccuracy: NaN }), sftSeconds },
     weightAuroc,
     runs,
     seconds: (performance.now() - started) / 1000,
@@ -217,31 +238,67 @@ export function resultsTable(result: ExperimentResult): string {
   return lines.join('\n');
 }
 
+/** Merges the results of runs over disjoint noise levels (one child process each). */
+function mergeResults(parts: ExperimentResult[], noises: number[], seconds: number): ExperimentResult {
+  const [first] = parts;
+  return {
+    config: { ...first!.config, noises },
+    reference: first!.reference,
+    weightAuroc: parts.flatMap((p) => p.weightAuroc),
+    runs: parts.flatMap((p) => p.runs),
+    seconds,
+  };
+}
+
 async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
       quick: { type: 'boolean', default: false },
       out: { type: 'string', default: path.join('bench-output', 'aspo-vs-dpo') },
+      reference: { type: 'string' }, 'world-seed': { type: 'string', default: '1' }, jobs: { type: 'string', default: '1' },
       seeds: { type: 'string' }, noise: { type: 'string' }, images: { type: 'string' }, 'eval-images': { type: 'string' },
-      steps: { type: 'string' }, 'sft-steps': { type: 'string' }, markdown: { type: 'string' },
+      steps: { type: 'string' }, 'sft-steps': { type: 'string' }, markdown: { type: 'string' }, 'results-json': { type: 'string' },
     },
   });
   const quick = values.quick;
   const seedCount = Number(values.seeds ?? (quick ? 1 : 3));
   const config: ExperimentConfig = {
-    out: values.out,
+    out: path.resolve(values.out),
+    worldSeed: Number(values['world-seed']),
+    reference: values.reference && path.resolve(values.reference),
     noises: (values.noise ?? (quick ? '0.4' : '0.2,0.4')).split(',').map(Number),
     seeds: Array.from({ length: seedCount }, (_, i) => i + 1),
-    images: Number(values.images ?? (quick ? 120 : 600)),
-    evalImages: Number(values['eval-images'] ?? (quick ? 30 : 100)),
+    images: Number(values.images ?? (quick ? 120 : 1000)),
+    evalImages: Number(values['eval-images'] ?? (quick ? 30 : 200)),
     steps: values.steps === undefined ? undefined : Number(values.steps),
     sftSteps: values['sft-steps'] === undefined ? undefined : Number(values['sft-steps']),
     methods: METHODS,
     log: (line) => process.stderr.write(`${line}\n`),
   };
-  process.stderr.write(`aspo-vs-dpo: ${os.cpus().length} cores, ${os.cpus()[0]?.model ?? ''}, Node ${process.version}\n`);
-  const result = await runExperiment(config);
-  await writeFile(path.join(config.out, 'results.json'), JSON.stringify(result, null, 2));
+  const jobs = Math.min(Number(values.jobs), config.noises.length);
+  process.stderr.write(`aspo-vs-dpo: ${os.cpus().length} cores, ${os.cpus()[0]?.model ?? ''}, Node ${process.version}, ${jobs} job(s)\n`);
+  const started = performance.now();
+  let result: ExperimentResult;
+  if (jobs > 1) {
+    // The wasm backend runs on one thread: one child process per noise level uses the other cores.
+    await mkdir(config.out, { recursive: true });
+    const reference = config.reference ?? (await prepareReference(config)).dir;
+    const argv = process.argv.slice(2).filter((a, i, all) => !['--jobs', '--noise', '--markdown', '--results-json', '--reference'].includes(a) &&
+      !['--jobs', '--noise', '--markdown', '--results-json', '--reference'].includes(all[i - 1] ?? ''));
+    const parts = await Promise.all(config.noises.map(async (noise) => {
+      const file = path.join(config.out, `results-noise-${noise}.json`);
+      await new Promise<void>((resolve, reject) => {
+        const child = spawn(process.execPath, [process.argv[1]!, ...argv, '--noise', String(noise), '--reference', reference,
+          '--out', config.out, '--results-json', file], { stdio: ['ignore', 'ignore', 'inherit'] });
+        child.on('exit', (code) => (code === 0 ? resolve() : reject(new Error(`noise ${noise}: exit code ${code}`))));
+      });
+      return JSON.parse(await readFile(file, 'utf8')) as ExperimentResult;
+    }));
+    result = mergeResults(parts, config.noises, (performance.now() - started) / 1000);
+  } else {
+    result = await runExperiment(config);
+  }
+  await writeFile(values['results-json'] ?? path.join(config.out, 'results.json'), JSON.stringify(result, null, 2));
   const table = resultsTable(result);
   if (values.markdown) await writeFile(values.markdown, table + '\n');
   process.stdout.write(`${table}\nTotal ${(result.seconds / 60).toFixed(1)} min.\n`);

@@ -9,6 +9,7 @@ import { tempDir } from './support.js';
 test('aspo-vs-dpo quick: DPO and ASPO training raise reward accuracy above the reference', async () => {
   const result = await runExperiment({
     out: tempDir('aspo-experiment-'),
+    worldSeed: 7,
     noises: [0.4],
     seeds: [1],
     images: 80,

@@ -5,23 +5,37 @@ import path from 'node:path';
 import { withStore } from '../src/store/store.js';
 import { CLI, tempDir } from './support.js';
 
-test('aspo run (npm start) builds the default data and the store, and a second run adds nothing', async () => {
+// The main job on a small world with short training (the default world and the bundled reference are what
+// `npm start` uses; the same code runs here, only the sizes differ).
+test('aspo run (npm start) runs every stage into the store, and a second run redoes nothing', async () => {
   const dir = tempDir();
-  const args = [CLI, 'run', '--db', path.join(dir, 'aspo.duckdb'), '--data', path.join(dir, 'data')];
+  const db = path.join(dir, 'aspo.duckdb');
+  const args = [CLI, 'run', '--db', db, '--data', path.join(dir, 'data'), '--reference', path.join(dir, 'reference'),
+    '--output', path.join(dir, 'out'), '--images', '60', '--sft-steps', '12', '--train-steps', '3', '--eval-images', '8'];
   const first = spawnSync(process.execPath, args, { encoding: 'utf8', cwd: dir });
   assert.equal(first.status, 0, first.stderr);
-  assert.match(first.stderr, /synth: 1000 training \+ 200 evaluation images/);
-  assert.match(first.stderr, /ingest: read 1000, ingested 1000, duplicates 0, rejected 0/);
+  assert.match(first.stderr, /synth: 60 training \+ 200 evaluation images/);
+  assert.match(first.stderr, /ingest: read 60, ingested 60, duplicates 0, rejected 0/);
+  assert.match(first.stderr, /reference \(SFT\).*12 steps/);
+  assert.match(first.stderr, /train \(ASPO\).*3 steps/);
+  assert.match(first.stdout, /hallucination rate \(8 images\)/);
   assert.match(first.stdout, /aspo query/);
-  const counts = await withStore(path.join(dir, 'aspo.duckdb'), (store) => store.one<Record<string, number>>(`SELECT
-    (SELECT count(*) FROM pairs) AS pairs, (SELECT count(*) FROM images) AS images,
+  const counts = await withStore(db, (store) => store.one<Record<string, number>>(`SELECT
+    (SELECT count(*) FROM pairs) AS pairs,
     (SELECT count(DISTINCT pair_id) FROM sentences) AS segmented,
-    (SELECT count(*) FROM labels l WHERE NOT EXISTS (SELECT 1 FROM sentences s WHERE s.pair_id = l.pair_id AND s.side = l.side
-       AND s.start <= l.start AND l."end" <= s."end")) AS labels_outside_sentences`));
-  assert.deepEqual(counts, { pairs: 1000, images: 1000, segmented: 1000, labels_outside_sentences: 0 });
+    (SELECT count(*) FROM sentences) = (SELECT count(*) FROM sentence_scores WHERE ppl_model IS NOT NULL) AS all_perplexity,
+    (SELECT count(*) FROM sentences) = (SELECT count(*) FROM sentence_scores WHERE similarity IS NOT NULL) AS all_similarity,
+    (SELECT count(*) FROM sentences) = (SELECT count(*) FROM sentence_rewards) AS all_rewards,
+    (SELECT string_agg(objective || ':' || status, ',' ORDER BY objective) FROM runs) AS runs`));
+  assert.deepEqual(counts, { pairs: 60, segmented: 60, all_perplexity: true, all_similarity: true, all_rewards: true, runs: 'aspo:finished,sft:finished' });
+
   const second = spawnSync(process.execPath, args, { encoding: 'utf8', cwd: dir });
   assert.equal(second.status, 0, second.stderr);
   assert.match(second.stderr, /synth: using/);
-  assert.match(second.stderr, /ingested 0, duplicates 1000/);
+  assert.match(second.stderr, /ingested 0, duplicates 60/);
   assert.match(second.stderr, /segment: 0 pairs/);
+  assert.match(second.stderr, /shard: unchanged/);
+  assert.doesNotMatch(second.stderr, /reference \(SFT\)|train \(ASPO\)/);
+  const runs = await withStore(db, (store) => store.one<{ n: number }>('SELECT count(*)::INT AS n FROM runs'));
+  assert.equal(runs?.n, 2);
 });

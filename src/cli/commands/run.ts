@@ -15,7 +15,7 @@ import { lossConfig } from '../../train/loss.js';
 import { StoreMetrics } from '../../train/metrics.js';
 import { DEFAULT_PREFERENCE_OPTIONS, PreferenceTrainer, runPreference } from '../../train/preference.js';
 import { DEFAULT_SFT_OPTIONS, readSftData, runSft, SftTrainer } from '../../train/sft.js';
-import { DB_OPTION, parse, type Command } from '../command.js';
+import { DB_OPTION, parse, UsageError, type Command } from '../command.js';
 import { Progress } from '../progress.js';
 import { formatSummary } from './ingest.js';
 
@@ -29,13 +29,18 @@ export const DEFAULT_OUTPUT = 'aspo-output';
 const log = (line: string) => process.stderr.write(`${line}\n`);
 const percent = (x: number | undefined) => (x === undefined || Number.isNaN(x) ? 'n/a' : `${(100 * x).toFixed(1)}%`);
 
-async function trainReference(store: Store, data: string, out: string): Promise<void> {
-  const options = { ...DEFAULT_SFT_OPTIONS, data, out };
-  const trainer = await hasCheckpoint(out) ? await SftTrainer.resume(out) : await SftTrainer.create(options, await readSftData(data));
-  if (trainer.step >= trainer.totalSteps) {
-    trainer.dispose();
-    return;
-  }
+/** Whether the checkpoint in `dir` is a run that reached its last step (read without loading its data). */
+async function finished(dir: string): Promise<boolean> {
+  if (!await hasCheckpoint(dir)) return false;
+  const state = (await loadCheckpoint(dir)).trainer as { step?: number; totalSteps?: number } | undefined;
+  return state?.step !== undefined && state.step >= (state.totalSteps ?? Infinity);
+}
+
+async function trainReference(store: Store, data: string, out: string, steps: number | undefined): Promise<void> {
+  if (await finished(out)) return;
+  const trainer = await hasCheckpoint(out)
+    ? await SftTrainer.resume(out)
+    : await SftTrainer.create({ ...DEFAULT_SFT_OPTIONS, data, out, steps }, await readSftData(data));
   const progress = new Progress({ label: 'reference (SFT)', total: trainer.totalSteps - trainer.step, unit: 'steps' });
   const result = await runSft(trainer, {
     metrics: new StoreMetrics(store),
@@ -45,15 +50,13 @@ async function trainReference(store: Store, data: string, out: string): Promise<
   progress.done(`${result.steps} steps, held-out sentence accuracy ${percent(result.eval?.sentenceAccuracy)} in ${result.seconds.toFixed(0)} s → ${out}`);
 }
 
-async function trainPolicy(store: Store, shards: string, reference: string, probes: string, out: string): Promise<void> {
-  if (await hasCheckpoint(out)) {
-    const state = (await loadCheckpoint(out)).trainer as { step?: number; totalSteps?: number } | undefined;
-    if (state?.step !== undefined && state.step >= (state.totalSteps ?? Infinity)) return;
-  }
+async function trainPolicy(store: Store, shards: string, reference: string, probes: string, out: string,
+  steps: number | undefined): Promise<void> {
+  if (await finished(out)) return;
   const trainer = await hasCheckpoint(out)
     ? await PreferenceTrainer.resume(out, openShardSet)
     : await PreferenceTrainer.create({
-      ...DEFAULT_PREFERENCE_OPTIONS, objective: 'aspo', shards, ref: reference, out, probes, loss: lossConfig({ lossType: 'aspo' }),
+      ...DEFAULT_PREFERENCE_OPTIONS, objective: 'aspo', shards, ref: reference, out, probes, steps, loss: lossConfig({ lossType: 'aspo' }),
     }, await openShardSet(shards));
   log(`train: sentence-level ASPO (α ${trainer.options.loss.alpha}, β ${trainer.options.loss.beta}), reference log-probs from ${trainer.refSource}`);
   const progress = new Progress({ label: 'train (ASPO)', total: trainer.totalSteps - trainer.step, unit: 'steps' });
@@ -76,6 +79,7 @@ async function hallucination(checkpoint: string, data: string, limit: number): P
 
 export const command: Command = {
   usage: `aspo run [--db PATH] [--data DIR] [--reference DIR] [--output DIR] [--eval-images N]
+                [--images N] [--sft-steps N] [--train-steps N]
 
 Runs the whole pipeline on the embedded default data, into the store:
   synthesise (${DEFAULT_DATASET}, seed 1, on the first run) → ingest → segment → SFT reference (${DEFAULT_REFERENCE},
@@ -86,7 +90,12 @@ Every stage is incremental: a second run reuses what the first one made and fini
   --data DIR         synthetic dataset folder (default ${DEFAULT_DATASET}; generated when it has no manifest.json)
   --reference DIR    SFT reference checkpoint (default ${DEFAULT_REFERENCE}; trained when absent, resumed when unfinished)
   --output DIR       shards and the trained policy (default ${DEFAULT_OUTPUT})
-  --eval-images N    held-out images described by each model for the hallucination rate (default 100)`,
+  --eval-images N    held-out images described by each model for the hallucination rate (default 100)
+  --images N         training images when the data is generated (default 1000; a smaller world for a quick look)
+  --sft-steps N      SFT steps when the reference is trained (default: the SFT defaults' epochs)
+  --train-steps N    ASPO steps (default: the preference defaults' epochs)
+
+The default reference is bundled (trained on the default data with the SFT defaults, so the first run skips SFT).`,
   async run(argv) {
     const { values } = parse(argv, {
       ...DB_OPTION,
@@ -94,15 +103,25 @@ Every stage is incremental: a second run reuses what the first one made and fini
       reference: { type: 'string', default: DEFAULT_REFERENCE },
       output: { type: 'string', default: DEFAULT_OUTPUT },
       'eval-images': { type: 'string', default: '100' },
+      images: { type: 'string' },
+      'sft-steps': { type: 'string' },
+      'train-steps': { type: 'string' },
     });
+    const count = (name: 'eval-images' | 'images' | 'sft-steps' | 'train-steps') => {
+      const value = values[name];
+      if (value === undefined) return undefined;
+      const n = Number(value);
+      if (!Number.isInteger(n) || n < 1) throw new UsageError(`--${name} must be a positive integer, got "${value}"`);
+      return n;
+    };
     const started = performance.now();
     const data = path.resolve(values.data);
     const reference = path.resolve(values.reference);
     const shards = path.resolve(values.output, 'shards');
     const policy = path.resolve(values.output, 'policy');
-    const evalImages = Number(values['eval-images']);
+    const evalImages = count('eval-images')!;
     if (!existsSync(path.join(data, 'manifest.json'))) {
-      const synth = await synthesize({ out: data, force: true, seed: 1 });
+      const synth = await synthesize({ out: data, force: true, seed: 1, ...(count('images') ? { images: count('images') } : {}) });
       log(`synth: ${synth.trainImages} training + ${synth.evalImages} evaluation images, ${synth.pairs} pairs → ${path.relative(process.cwd(), data)} (${synth.seconds.toFixed(1)} s)`);
     } else {
       log(`synth: using ${path.relative(process.cwd(), data)}`);
@@ -115,7 +134,7 @@ Every stage is incremental: a second run reuses what the first one made and fini
       log(`ingest: ${formatSummary(ingested)}`);
       const segmented = await segmentStage(store);
       log(`segment: ${segmented.pairs} pairs → ${segmented.sentences} sentences (${segmented.alreadyDone} pairs done before)`);
-      await trainReference(store, data, reference);
+      await trainReference(store, data, reference, count('sft-steps'));
       const ref = await loadReferenceModel(reference);
       for (const signal of ['perplexity', 'grounding'] as const) {
         const scored = await scoreReference(store, ref, signal);
@@ -123,7 +142,7 @@ Every stage is incremental: a second run reuses what the first one made and fini
       }
       const sharded = await writeShards(store, { out: shards, ref: reference });
       log(`shard: ${sharded.unchanged ? 'unchanged' : 'written'}: ${sharded.counts.train} train + ${sharded.counts.eval} eval pairs → ${path.relative(process.cwd(), shards)}`);
-      await trainPolicy(store, shards, reference, path.join(data, 'eval.jsonl'), policy);
+      await trainPolicy(store, shards, reference, path.join(data, 'eval.jsonl'), policy, count('train-steps'));
       const trainedPolicy = await loadReferenceModel(policy);
       const rewards = await writeSentenceRewards(store, await openShardSet(shards), {
         policy: trainedPolicy, ref, config: await savedLossConfig(policy) ?? lossConfig({ lossType: 'aspo' }),
