@@ -10,7 +10,8 @@
  * sentences' truth is computed on the training pairs.
  *
  *   npx tsc -p . && node dist/bench/aspo-vs-dpo.js [--quick] [--out bench-output/aspo-vs-dpo] [--seeds 3]
- *       [--noise 0.2,0.4] [--images 600] [--steps N] [--markdown docs/results-table.md]
+ *       [--noise 0.2,0.4] [--images 1000] [--steps N] [--reference CHECKPOINT] [--jobs 2]
+ *       [--methods dpo,aspo-p,aspo-s,aspo,aspo-mass] [--markdown FILE]
  */
 import { spawn } from 'node:child_process';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
@@ -27,25 +28,30 @@ import { withStore } from '../src/store/store.js';
 import { evaluateGenerations } from '../src/synth/evaluate.js';
 import { synthesize } from '../src/synth/synthesize.js';
 import { initBackend } from '../src/train/backend.js';
-import { lossConfig } from '../src/train/loss.js';
+import { lossConfig, type AspoLossConfig } from '../src/train/loss.js';
 import { DEFAULT_PREFERENCE_OPTIONS, PreferenceTrainer, runPreference, type PreferenceObjective, type PreferenceOptions } from '../src/train/preference.js';
 import type { VisionLanguageModel } from '../src/train/model.js';
 import type { Tokenizer } from '../src/train/tokenizer.js';
 import { DEFAULT_SFT_OPTIONS, readSftData, runSft, SftTrainer, type SftOptions } from '../src/train/sft.js';
 
 export interface Method {
+  /** Short name for --methods. */
+  key: string;
   name: string;
   objective: PreferenceObjective;
-  /** Similarity vs perplexity in the sentence weights (ASPO only). */
-  alpha?: number;
+  /** Loss options beyond the defaults (ASPO only). */
+  loss?: Partial<Pick<AspoLossConfig, 'alpha' | 'normalize' | 'scale'>>;
 }
 
 export const METHODS: readonly Method[] = [
-  { name: 'DPO', objective: 'dpo' },
-  { name: 'ASPO-P (α = 0, perplexity)', objective: 'aspo', alpha: 0 },
-  { name: 'ASPO-S (α = 1, grounding similarity)', objective: 'aspo', alpha: 1 },
-  { name: 'ASPO (α = 0.5)', objective: 'aspo', alpha: 0.5 },
+  { key: 'dpo', name: 'DPO', objective: 'dpo' },
+  { key: 'aspo-p', name: 'ASPO-P (α = 0, perplexity)', objective: 'aspo', loss: { alpha: 0 } },
+  { key: 'aspo-s', name: 'ASPO-S (α = 1, grounding similarity)', objective: 'aspo', loss: { alpha: 1 } },
+  { key: 'aspo', name: 'ASPO (α = 0.5)', objective: 'aspo', loss: { alpha: 0.5 } },
+  // Not in the paper's grid: the multipliers rescaled to mean 1 over the response, so low-weight sentences count < 1.
+  { key: 'aspo-mass', name: 'ASPO (α = 0.5, normalize mass)', objective: 'aspo', loss: { alpha: 0.5, normalize: 'mass' } },
 ];
+const DEFAULT_METHODS = ['dpo', 'aspo-p', 'aspo-s', 'aspo'];
 
 export interface ExperimentConfig {
   out: string;
@@ -164,13 +170,13 @@ export async function runExperiment(config: ExperimentConfig): Promise<Experimen
     log(`noise ${noise}: weight AUROC ${world.weightAuroc.map((w) => `α=${w.alpha} ${w.auroc.toFixed(3)}`).join(', ')}`);
     for (const seed of config.seeds) {
       for (const method of config.methods) {
-        const out = path.join(config.out, `noise-${noise}`, `${method.objective}-${method.alpha ?? 'x'}-seed${seed}`);
+        const out = path.join(config.out, `noise-${noise}`, `${method.key}-seed${seed}`);
         await rm(out, { recursive: true, force: true });
         const runStarted = performance.now();
         const trainer = await PreferenceTrainer.create({
           ...DEFAULT_PREFERENCE_OPTIONS, ...config.preference, objective: method.objective, shards: world.shards, ref: reference, out,
           probes: path.join(world.data, 'eval.jsonl'), steps: config.steps, seed, evalEvery: 0, saveEvery: 0,
-          loss: lossConfig({ lossType: method.objective, ...(method.alpha === undefined ? {} : { alpha: method.alpha }) }),
+          loss: lossConfig({ lossType: method.objective, ...method.loss }),
         }, await openShardSet(world.shards));
         let rewardAccuracyBefore = NaN;
         const result = await runPreference(trainer, {
@@ -258,6 +264,7 @@ async function main(): Promise<void> {
       reference: { type: 'string' }, 'world-seed': { type: 'string', default: '1' }, jobs: { type: 'string', default: '1' },
       seeds: { type: 'string' }, noise: { type: 'string' }, images: { type: 'string' }, 'eval-images': { type: 'string' },
       steps: { type: 'string' }, 'sft-steps': { type: 'string' }, markdown: { type: 'string' }, 'results-json': { type: 'string' },
+      methods: { type: 'string', default: DEFAULT_METHODS.join(',') },
     },
   });
   const quick = values.quick;
@@ -272,7 +279,11 @@ async function main(): Promise<void> {
     evalImages: Number(values['eval-images'] ?? (quick ? 30 : 200)),
     steps: values.steps === undefined ? undefined : Number(values.steps),
     sftSteps: values['sft-steps'] === undefined ? undefined : Number(values['sft-steps']),
-    methods: METHODS,
+    methods: values.methods.split(',').map((key) => {
+      const method = METHODS.find((m) => m.key === key);
+      if (!method) throw new Error(`--methods: unknown method "${key}" (known: ${METHODS.map((m) => m.key).join(', ')})`);
+      return method;
+    }),
     log: (line) => process.stderr.write(`${line}\n`),
   };
   const jobs = Math.min(Number(values.jobs), config.noises.length);

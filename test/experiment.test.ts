@@ -16,7 +16,7 @@ test('aspo-vs-dpo quick: DPO and ASPO training raise reward accuracy above the r
     evalImages: 10,
     sftSteps: 60,
     steps: 16,
-    methods: METHODS.filter((m) => m.objective === 'dpo' || m.alpha === 0.5),
+    methods: METHODS.filter((m) => m.key === 'dpo' || m.key === 'aspo'),
     sft: { model: { ...DEFAULT_SFT_OPTIONS.model, width: 32, layers: 1, heads: 2 }, batchSize: 16 },
     preference: { batchSize: 16, lr: 1e-3, logEvery: 4 },
   });
