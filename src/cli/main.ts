@@ -20,7 +20,7 @@ const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }
     load: async () => (await import('./commands/synth.js')).command,
   },
   score: {
-    summary: 'score each sentence by image–text similarity with a CLIP model (sentence_scores, sentence_weights)',
+    summary: 'score each sentence: CLIP similarity, or perplexity and grounding under a reference model (sentence_scores, sentence_weights)',
     load: async () => (await import('./commands/score.js')).command,
   },
   train: {
