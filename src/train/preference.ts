@@ -17,6 +17,7 @@ import {
   aspoLoss, buildLayout, disposeLayout, lossMetrics, outputTensors,
   type AspoLossConfig, type AspoLossOutput, type LossMetrics, type PreferenceBatch,
 } from './loss.js';
+import { runLoop } from './loop.js';
 import { newRunId, type MetricsSink } from './metrics.js';
 import {
   batchIndices, encodeProbeRows, learningRate, loadImages, probeAccuracy, readEvalFile, type ProbeRow,
@@ -507,43 +508,31 @@ export async function runPreference(trainer: PreferenceTrainer, hooks: Preferenc
     runId: trainer.runId, objective: options.objective, backend: hooks.backend ?? tf.getBackend(),
     checkpoint: path.resolve(options.out), config: runConfig(trainer),
   });
-  let window = { sums: {} as Record<string, number>, steps: 0, pairs: 0, since: performance.now() };
+  let window = { sums: {} as Record<string, number>, steps: 0, pairs: 0 };
   let lastWindow: Record<string, number> = {};
   let totalPairs = 0;
-  let lastEval: PreferenceEvalStats | undefined;
-  const evaluate = async () => {
-    const stats = await trainer.evaluate();
-    if (!stats) return;
-    lastEval = stats;
-    hooks.onEval?.(stats, trainer);
-    const extra: Record<string, number> = stats.sentenceAccuracy === undefined ? {} : { sentence_accuracy: stats.sentenceAccuracy };
-    for (const [kind, k] of Object.entries(stats.byKind ?? {})) extra[`sentence_accuracy.${kind}`] = k.accuracy;
-    await hooks.metrics?.log(trainer.step, 'eval', { ...stats.metrics, ...extra });
-  };
-  try {
-    if (trainer.step === 0) await evaluate();
-    while (trainer.step < trainer.totalSteps) {
-      const stats = await trainer.trainStep();
+  const lastEval = await runLoop(trainer, options, {
+    metrics: hooks.metrics,
+    onStep: (stats) => {
       totalPairs += stats.pairs;
       for (const [name, value] of Object.entries(stats.metrics)) window.sums[name] = (window.sums[name] ?? 0) + value;
       window.steps += 1;
       window.pairs += stats.pairs;
       hooks.onStep?.(stats, trainer);
-      const last = trainer.step === trainer.totalSteps;
-      if (trainer.step % options.logEvery === 0 || last) {
-        const seconds = (performance.now() - window.since) / 1000;
-        const means = Object.fromEntries(Object.entries(window.sums).map(([name, sum]) => [name, sum / window.steps]));
-        lastWindow = { ...means, lr: stats.lr, grad_norm: stats.gradNorm, pairs_per_s: window.pairs / seconds };
-        await hooks.metrics?.log(trainer.step, 'train', lastWindow);
-        window = { sums: {}, steps: 0, pairs: 0, since: performance.now() };
-      }
-      if ((options.evalEvery > 0 && trainer.step % options.evalEvery === 0) || last) await evaluate();
-      if ((options.saveEvery > 0 && trainer.step % options.saveEvery === 0) || last) await trainer.save();
-    }
-  } catch (error) {
-    await hooks.metrics?.finish('failed', { step: trainer.step, error: (error as Error).message });
-    throw error;
-  }
+    },
+    closeWindow: (seconds, last) => {
+      const means = Object.fromEntries(Object.entries(window.sums).map(([name, sum]) => [name, sum / window.steps]));
+      lastWindow = { ...means, lr: last.lr, grad_norm: last.gradNorm, pairs_per_s: window.pairs / seconds };
+      window = { sums: {}, steps: 0, pairs: 0 };
+      return lastWindow;
+    },
+    evalMetrics: (stats) => ({
+      ...stats.metrics,
+      ...(stats.sentenceAccuracy === undefined ? {} : { sentence_accuracy: stats.sentenceAccuracy }),
+      ...Object.fromEntries(Object.entries(stats.byKind ?? {}).map(([kind, k]) => [`sentence_accuracy.${kind}`, k.accuracy])),
+    }),
+    onEval: (stats) => hooks.onEval?.(stats, trainer),
+  });
   const seconds = (performance.now() - started) / 1000;
   const result: PreferenceResult = {
     runId: trainer.runId, objective: options.objective, steps: trainer.step, refSource: trainer.refSource,

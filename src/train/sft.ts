@@ -14,6 +14,7 @@ import { loadCheckpoint, saveCheckpoint } from './checkpoint.js';
 import { loadImagePixels, stackImages } from './images.js';
 import { deriveSeed, Rng } from '../util/random.js';
 import { newRunId, type MetricsSink } from './metrics.js';
+import { runLoop } from './loop.js';
 
 /** One training row; `image` is an absolute path or null (text only). */
 export interface SftExample {
@@ -463,43 +464,28 @@ export async function runSft(trainer: SftTrainer, hooks: SftHooks = {}): Promise
     runId: trainer.runId, objective: 'sft', backend: hooks.backend ?? tf.getBackend(), checkpoint: path.resolve(options.out),
     config: { ...options, model: trainer.model.config, parameters: trainer.model.parameterCount } as Record<string, unknown>,
   });
-  let window = { loss: 0, steps: 0, tokens: 0, since: performance.now() };
+  let window = { loss: 0, steps: 0, tokens: 0 };
   let totalTokens = 0;
   let lastLoss = NaN;
-  let lastEval: EvalStats | undefined;
-  const evaluate = async () => {
-    const stats = await trainer.evaluate();
-    if (!stats) return;
-    lastEval = stats;
-    hooks.onEval?.(stats, trainer);
-    const perKind = Object.entries(stats.byKind).map(([kind, k]) => [`sentence_accuracy.${kind}`, k.accuracy]);
-    await hooks.metrics?.log(trainer.step, 'eval', { loss: stats.loss, sentence_accuracy: stats.sentenceAccuracy, ...Object.fromEntries(perKind) });
-  };
-  try {
-    if (trainer.step === 0) await evaluate();
-    while (trainer.step < trainer.totalSteps) {
-      const stats = await trainer.trainStep();
+  const lastEval = await runLoop(trainer, options, {
+    metrics: hooks.metrics,
+    onStep: (stats) => {
       lastLoss = stats.loss;
       totalTokens += stats.tokens;
-      window.loss += stats.loss;
-      window.steps += 1;
-      window.tokens += stats.tokens;
+      window = { loss: window.loss + stats.loss, steps: window.steps + 1, tokens: window.tokens + stats.tokens };
       hooks.onStep?.(stats, trainer);
-      const last = trainer.step === trainer.totalSteps;
-      if (trainer.step % options.logEvery === 0 || last) {
-        const seconds = (performance.now() - window.since) / 1000;
-        await hooks.metrics?.log(trainer.step, 'train', {
-          loss: window.loss / window.steps, tokens_per_s: window.tokens / seconds, lr: stats.lr, grad_norm: stats.gradNorm,
-        });
-        window = { loss: 0, steps: 0, tokens: 0, since: performance.now() };
-      }
-      if ((options.evalEvery > 0 && trainer.step % options.evalEvery === 0) || last) await evaluate();
-      if ((options.saveEvery > 0 && trainer.step % options.saveEvery === 0) || last) await trainer.save();
-    }
-  } catch (error) {
-    await hooks.metrics?.finish('failed', { step: trainer.step, error: (error as Error).message });
-    throw error;
-  }
+    },
+    closeWindow: (seconds, last) => {
+      const means = { loss: window.loss / window.steps, tokens_per_s: window.tokens / seconds, lr: last.lr, grad_norm: last.gradNorm };
+      window = { loss: 0, steps: 0, tokens: 0 };
+      return means;
+    },
+    evalMetrics: (stats) => ({
+      loss: stats.loss, sentence_accuracy: stats.sentenceAccuracy,
+      ...Object.fromEntries(Object.entries(stats.byKind).map(([kind, k]) => [`sentence_accuracy.${kind}`, k.accuracy])),
+    }),
+    onEval: (stats) => hooks.onEval?.(stats, trainer),
+  });
   const seconds = (performance.now() - started) / 1000;
   const result: SftResult = {
     runId: trainer.runId, steps: trainer.step, finalLoss: lastLoss, eval: lastEval,
