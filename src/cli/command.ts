@@ -32,3 +32,4 @@ export function numberOption(value: string | undefined, name: string, fallback: 
   if (!Number.isFinite(n)) throw new UsageError(`--${name} must be a number, got "${value}"`);
   return n;
 }
+

@@ -1,7 +1,8 @@
-import { BACKENDS, initBackend, type BackendName } from '../../train/backend.js';
+import { initBackend } from '../../train/backend.js';
 import { loadModel } from '../../train/checkpoint.js';
 import { evaluateGenerations } from '../../synth/evaluate.js';
 import { numberOption, parse, UsageError, type Command } from '../command.js';
+import { backendOption } from '../model-options.js';
 
 export const command: Command = {
   usage: `aspo evaluate --checkpoint DIR --data DIR [--limit N] [--show N] [--backend NAME]
@@ -20,8 +21,7 @@ cleanDescriptions (share whose every sentence is true).
     });
     if (!values.checkpoint) throw new UsageError('give --checkpoint DIR (a model checkpoint folder)');
     if (!values.data) throw new UsageError('give --data DIR (a folder written by aspo synth)');
-    const backend = values.backend as BackendName;
-    if (backend !== 'auto' && !BACKENDS.includes(backend as never)) throw new UsageError(`--backend must be auto or one of ${BACKENDS.join(', ')}`);
+    const backend = backendOption(values.backend);
     const limit = values.limit === undefined ? undefined : numberOption(values.limit, 'limit', 0);
     await initBackend(backend);
     const { model, tokenizer } = await loadModel(values.checkpoint);

@@ -1,8 +1,9 @@
 import { createInterface } from 'node:readline';
-import { BACKENDS, initBackend, type BackendName } from '../../train/backend.js';
+import { initBackend } from '../../train/backend.js';
 import { evaluateLossCase, parseLossCase, type LossCaseEvaluation } from '../../train/loss-case.js';
 import { DEFAULT_LOSS_CONFIG } from '../../train/loss.js';
-import { parse, UsageError, type Command } from '../command.js';
+import { parse, type Command } from '../command.js';
+import { backendOption } from '../model-options.js';
 
 const defaults = Object.entries(DEFAULT_LOSS_CONFIG).map(([k, v]) => `${k} ${v}`).join(', ');
 
@@ -20,8 +21,7 @@ export const command: Command = {
     '  --explain prints a per-sentence table instead: PPL, S\', P\', w, m and each sentence\'s share of the margin.',
   async run(argv) {
     const { values } = parse(argv, { explain: { type: 'boolean', default: false }, backend: { type: 'string', default: 'auto' } });
-    const backend = values.backend as BackendName;
-    if (backend !== 'auto' && !BACKENDS.includes(backend)) throw new UsageError(`--backend must be auto or one of ${BACKENDS.join(', ')}`);
+    const backend = backendOption(values.backend);
     if (process.stdin.isTTY) process.stderr.write('aspo loss: reading cases from stdin (one JSON object per line; Ctrl-D to end)\n');
     await initBackend(backend);
 

@@ -4,8 +4,9 @@ import { loadReferenceModel, type ReferenceModel } from '../../score/perplexity.
 import {
   DEFAULT_REWARDS_BATCH_SIZE, REWARD_SPLITS, savedLossConfig, writeSentenceRewards, type RewardSplit,
 } from '../../rewards/rewards.js';
-import { DEFAULT_LOSS_CONFIG, LOSS_TYPES, lossConfig, type AspoLossConfig } from '../../train/loss.js';
-import { BACKENDS, initBackend, type BackendName } from '../../train/backend.js';
+import { DEFAULT_LOSS_CONFIG, LOSS_TYPES, type AspoLossConfig } from '../../train/loss.js';
+import { BACKENDS, initBackend } from '../../train/backend.js';
+import { backendOption, LOSS_FLAGS, lossFromFlags } from '../model-options.js';
 import { Progress } from '../progress.js';
 import { DB_OPTION, numberOption, parse, UsageError, type Command } from '../command.js';
 
@@ -46,36 +47,21 @@ export const command: Command = {
     }
     const split = values.split as RewardSplit;
     if (!REWARD_SPLITS.includes(split)) throw new UsageError(`--split must be one of ${REWARD_SPLITS.join(', ')}, got "${values.split}"`);
-    const backend = values.backend as BackendName;
-    if (backend !== 'auto' && !BACKENDS.includes(backend)) throw new UsageError(`--backend must be auto or one of ${BACKENDS.join(', ')}`);
+    const backend = backendOption(values.backend);
     const batchSize = numberOption(values['batch-size'], 'batch-size', DEFAULT_REWARDS_BATCH_SIZE);
     if (!Number.isInteger(batchSize) || batchSize < 1) throw new UsageError('--batch-size must be a positive integer');
     if (values.objective !== undefined && !(LOSS_TYPES as readonly string[]).includes(values.objective)) {
       throw new UsageError(`--objective must be one of ${LOSS_TYPES.join(', ')}, got "${values.objective}"`);
     }
-    const overrides: Partial<Record<keyof AspoLossConfig, unknown>> = {
-      lossType: values.objective,
-      beta: values.beta === undefined ? undefined : numberOption(values.beta, 'beta', 0),
-      alpha: values.alpha === undefined ? undefined : numberOption(values.alpha, 'alpha', 0),
-      scale: values.scale === undefined ? undefined : numberOption(values.scale, 'scale', 0),
-      normalize: values.normalize,
-      refWeights: values['ref-weights'],
-      pplSource: values['ppl-source'],
-    };
-
     let saved: AspoLossConfig | undefined;
     try {
       saved = await savedLossConfig(values.policy!);
     } catch (error) {
       throw new UsageError(`--policy: ${(error as Error).message}`);
     }
-    let config: AspoLossConfig;
-    try {
-      const given = Object.fromEntries(Object.entries(overrides).filter(([, v]) => v !== undefined));
-      config = lossConfig({ ...(saved ?? DEFAULT_LOSS_CONFIG), ...given });
-    } catch (error) {
-      throw new UsageError(`loss options: ${(error as Error).message}`);
-    }
+    const config = lossFromFlags(values, {
+      ...(saved ?? DEFAULT_LOSS_CONFIG), ...(values.objective === undefined ? {} : { lossType: values.objective as AspoLossConfig['lossType'] }),
+    });
 
     await initBackend(backend);
     const load = async (flag: string, dir: string): Promise<ReferenceModel> => {
@@ -96,7 +82,7 @@ export const command: Command = {
     try {
       ref = await load('ref', values.ref!);
       process.stderr.write(`rewards: policy ${policy.modelId}, reference ${ref.modelId}; loss options ` +
-        `${saved ? 'from the policy checkpoint' : 'defaults'}${Object.values(overrides).some((v) => v !== undefined) ? ' with command-line overrides' : ''}: ` +
+        `${saved ? 'from the policy checkpoint' : 'defaults'}${Object.values(LOSS_FLAGS).some((flag) => (values as Record<string, unknown>)[flag] !== undefined) ? ' with command-line overrides' : ''}: ` +
         `${JSON.stringify(config)}; reference log-probs ` +
         `${shards.manifest.referenceModel === ref.modelId ? 'from the shards' : 'from running the reference model'}\n`);
       const progress = new Progress({ label: 'rewards', unit: 'pairs' });

@@ -3,9 +3,10 @@ import { ClipEncoder, ClipModelError, type ClipDevice } from '../../score/clip.j
 import { DEFAULT_COMMIT_SENTENCES, DEFAULT_SCORE_BATCH_SIZE, scoreSimilarity } from '../../score/stage.js';
 import { DEFAULT_REF_BATCH_SIZE, loadReferenceModel, scoreReference, type ReferenceModel, type ReferenceSignal } from '../../score/perplexity.js';
 import { DEFAULT_LM_BATCH_SIZE, LmModelError, loadCausalLm, scoreLm, type CausalLm } from '../../score/lm.js';
-import { BACKENDS, initBackend, type BackendName } from '../../train/backend.js';
+import { initBackend } from '../../train/backend.js';
 import { Progress } from '../progress.js';
 import { DB_OPTION, numberOption, parse, UsageError, type Command } from '../command.js';
+import { backendOption } from '../model-options.js';
 
 const DEVICES: readonly ClipDevice[] = ['auto', 'cpu', 'cuda'];
 const SIMILARITIES = ['clip', 'grounding'] as const;
@@ -58,8 +59,7 @@ export const command: Command = {
     if (similarity === 'grounding' && values.clip) throw new UsageError('--clip and --similarity grounding both write the similarity; pick one');
     const device = values.device as ClipDevice;
     if (!DEVICES.includes(device)) throw new UsageError(`--device must be one of ${DEVICES.join(', ')}, got "${values.device}"`);
-    const backend = values.backend as BackendName;
-    if (backend !== 'auto' && !BACKENDS.includes(backend)) throw new UsageError(`--backend must be auto or one of ${BACKENDS.join(', ')}`);
+    const backend = backendOption(values.backend);
     const batchSize = numberOption(values['batch-size'], 'batch-size',
       values.clip ? DEFAULT_SCORE_BATCH_SIZE : values.lm ? DEFAULT_LM_BATCH_SIZE : DEFAULT_REF_BATCH_SIZE);
     if (!Number.isInteger(batchSize) || batchSize < 1) throw new UsageError('--batch-size must be a positive integer');

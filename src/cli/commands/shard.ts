@@ -5,7 +5,8 @@ import {
   type OverLength, type SplitBy,
 } from '../../shard/stage.js';
 import { DEFAULT_REF_BATCH_SIZE } from '../../score/perplexity.js';
-import { BACKENDS, initBackend, type BackendName } from '../../train/backend.js';
+import { initBackend } from '../../train/backend.js';
+import { backendOption } from '../model-options.js';
 import { Progress } from '../progress.js';
 import { DB_OPTION, numberOption, parse, UsageError, type Command } from '../command.js';
 
@@ -57,7 +58,7 @@ export const command: Command = {
     const format = oneOf<ShardFormat>(values.format, SHARD_FORMATS, 'format');
     const overLength = oneOf<OverLength>(values['over-length'], OVER_LENGTH_POLICIES, 'over-length');
     const splitBy = oneOf<SplitBy>(values['split-by'], SPLIT_BY, 'split-by');
-    const backend = oneOf<BackendName>(values.backend, [...BACKENDS, 'auto'], 'backend');
+    const backend = backendOption(values.backend);
     const integer = (name: string, value: string | undefined) => {
       const n = numberOption(value, name, Number.NaN);
       if (value !== undefined && !Number.isInteger(n)) throw new UsageError(`--${name} must be an integer, got "${value}"`);

@@ -1,12 +1,13 @@
 import { Progress } from '../progress.js';
 import { DB_OPTION, numberOption, parse, UsageError, type Command, type Options } from '../command.js';
 import { withStore } from '../../store/store.js';
-import { BACKENDS, initBackend, type BackendName } from '../../train/backend.js';
+import { BACKENDS, initBackend } from '../../train/backend.js';
+import { backendOption, lossFromFlags } from '../model-options.js';
 import { hasCheckpoint } from '../../train/checkpoint.js';
 import { StoreMetrics } from '../../train/metrics.js';
 import { DEFAULT_SFT_OPTIONS, readSftData, runSft, SftTrainer, type SftOptions } from '../../train/sft.js';
 import {
-  DEFAULT_LOSS_CONFIG, lossConfig, NORMALIZE_MODES, PPL_SOURCES, REF_WEIGHT_MODES, type AspoLossConfig,
+  DEFAULT_LOSS_CONFIG, NORMALIZE_MODES, PPL_SOURCES, REF_WEIGHT_MODES,
 } from '../../train/loss.js';
 import {
   DEFAULT_PREFERENCE_OPTIONS, PreferenceTrainer, runPreference, type PreferenceObjective, type PreferenceOptions,
@@ -239,30 +240,6 @@ function preferenceObjective(objective: PreferenceObjective): Objective {
   };
 }
 
-/** The loss options of the command line, checked by lossConfig (its errors name the field; here as the option). */
-function lossOptions(objective: PreferenceObjective, values: Values): AspoLossConfig {
-  const detach = values['detach-weights'] as string | undefined;
-  if (detach !== undefined && detach !== 'true' && detach !== 'false') {
-    throw new UsageError(`--detach-weights must be true or false, got "${detach}"`);
-  }
-  const number = (name: string) => (values[name] === undefined ? undefined : numberOption(values[name] as string, name, NaN));
-  const flags: Record<keyof AspoLossConfig, string> = {
-    lossType: 'objective', beta: 'beta', alpha: 'alpha', scale: 'scale', normalize: 'normalize',
-    detachWeights: 'detach-weights', refWeights: 'ref-weights', pplSource: 'ppl-source',
-  };
-  try {
-    return lossConfig({
-      lossType: objective, beta: number('beta'), alpha: number('alpha'), scale: number('scale'),
-      normalize: values.normalize, detachWeights: detach === undefined ? undefined : detach === 'true',
-      refWeights: values['ref-weights'], pplSource: values['ppl-source'],
-    });
-  } catch (error) {
-    const message = (error as Error).message;
-    const key = message.split(' ')[0] as keyof AspoLossConfig;
-    throw new UsageError(flags[key] ? `--${flags[key]}${message.slice(key.length)}` : message);
-  }
-}
-
 function preferenceOptions(objective: PreferenceObjective, values: Values): PreferenceOptions {
   if (!values.shards) throw new UsageError('give --shards DIR (a shard set written by `aspo shard`)');
   if (!values.ref) throw new UsageError('give --ref CHECKPOINT_DIR (the reference model, e.g. the SFT checkpoint)');
@@ -272,7 +249,7 @@ function preferenceOptions(objective: PreferenceObjective, values: Values): Pref
     ref: values.ref as string,
     out: values.out as string,
     probes: values.probes as string | undefined,
-    loss: lossOptions(objective, values),
+    loss: lossFromFlags(values, { lossType: objective }),
     steps: values.steps === undefined ? undefined : integer(values, 'steps', 0),
     epochs: integer(values, 'epochs', p.epochs),
     batchSize: integer(values, 'batch-size', p.batchSize),
@@ -355,11 +332,7 @@ async function checkOut(values: Values): Promise<boolean> {
 
 /** Loads the TensorFlow.js backend --backend asks for and says which. */
 async function startBackend(values: Values): Promise<string> {
-  const requested = values.backend as BackendName;
-  if (requested !== 'auto' && !BACKENDS.includes(requested as never)) {
-    throw new UsageError(`--backend must be auto or one of ${BACKENDS.join(', ')}, got "${requested}"`);
-  }
-  const backend = await initBackend(requested);
+  const backend = await initBackend(backendOption(values.backend as string | undefined));
   process.stderr.write(`train: TensorFlow.js backend ${backend}\n`);
   return backend;
 }
