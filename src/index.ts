@@ -17,7 +17,7 @@ export { parseSentence, renderClaim, TEMPLATES } from './synth/templates.js';
 export { renderScene, sceneToSvg } from './synth/render.js';
 export { sampleScene, corruptScene, type Scene, type SceneObject } from './synth/world.js';
 export { Rng, deriveSeed } from './util/random.js';
-export { aspoLoss, aspoLossAndGradients, batchLayout, chosenWeighting, lossConfig, lossMetrics, packPairs, checkPair, disposeBatch, outputTensors, DEFAULT_LOSS_CONFIG, type AspoLossConfig, type AspoLossOutput, type BatchLayout, type ChosenWeighting, type PreferenceBatch, type ResponseSide, type PairArrays, type LossMetrics } from './train/loss.js';
+export { aspoLoss, lossForward, lossGradients, buildLayout, lossConfig, lossMetrics, packPairs, withPolicyTensors, checkPair, DEFAULT_LOSS_CONFIG, type AspoLossConfig, type AspoLossOutput, type BatchLayout, type ChosenWeighting, type LossArrays, type LossGradients, type LossInputs, type LossValues, type PreferenceBatch, type PairArrays, type LossMetrics } from './train/loss.js';
 export { sentenceLayout, type SentenceLayout, type SentenceWeights } from './train/weights.js';
 export { parseLossCase, evaluateLossCase, type LossCase, type LossCaseEvaluation } from './train/loss-case.js';
 export { initBackend, BACKENDS, type BackendName } from './train/backend.js';

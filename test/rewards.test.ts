@@ -8,7 +8,7 @@ import { initBackend, tf } from '../src/train/backend.js';
 import { DEFAULT_SFT_OPTIONS, encodePromptResponse, readSftData, runSft, SftTrainer } from '../src/train/sft.js';
 import { loadCheckpoint, saveCheckpoint } from '../src/train/checkpoint.js';
 import { loadImagePixels, stackImages } from '../src/train/images.js';
-import { aspoLoss, DEFAULT_LOSS_CONFIG, disposeBatch, lossConfig, outputTensors, packPairs, type AspoLossConfig } from '../src/train/loss.js';
+import { DEFAULT_LOSS_CONFIG, lossConfig, lossForward, packPairs, type AspoLossConfig } from '../src/train/loss.js';
 import { encodeWithSentences } from '../src/segment/align.js';
 import { segment } from '../src/segment/segment.js';
 import { loadReferenceModel, type ReferenceModel } from '../src/score/perplexity.js';
@@ -285,11 +285,7 @@ test('each pair\'s sentence rewards add up, with its tokens outside every senten
         similarity: p.chosen.similarity as number[] },
       rejected: { policyLogps: Array.from(p.rejected.policy), refLogps: Array.from(p.rejected.ref) },
     })));
-    const output = aspoLoss(batch, config);
-    const chosenRewards = await output.chosenRewards.data();
-    const rejectedRewards = await output.rejectedRewards.data();
-    tf.dispose(outputTensors(output));
-    disposeBatch(batch);
+    const { chosenRewards, rejectedRewards } = lossForward(batch, config);
     inputs.forEach((p, i) => {
       const mine = rewards.filter((r) => r.pairId === p.pairId);
       const chosen = mine.filter((r) => r.side === 'chosen');

@@ -1,14 +1,14 @@
 /**
  * Per-sentence implicit rewards of a trained policy (`aspo rewards`): for each sentence of both responses of a pair,
  * its part of the sentence-level (ASPO) or DPO margin, β · multiplier · Σ_t (log π_θ − log π_ref) over its tokens.
- * The sentence weights and multipliers come from the loss's own code (chosenWeighting), so they are the ones the
+ * The sentence weights and multipliers come from the loss's own code (lossForward), so they are the ones the
  * trainer used; this module only sums per sentence, and reads and writes.
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import type { ColumnKind, Store } from '../store/store.js';
 import { SHARD_SPLITS, type ShardPair, type ShardSet, type ShardSplit } from '../shard/types.js';
-import { chosenWeighting, disposeBatch, lossConfig, packPairs, type AspoLossConfig, type PairArrays } from '../train/loss.js';
+import { lossConfig, lossForward, packPairs, type AspoLossConfig, type PairArrays } from '../train/loss.js';
 import type { ReferenceModel } from '../score/perplexity.js';
 import { loadImagePixels, stackImages } from '../train/images.js';
 import { textContext, type VisionLanguageModel } from '../train/model.js';
@@ -20,7 +20,7 @@ export const REWARD_SPLITS = [...SHARD_SPLITS, 'all'] as const;
 export type RewardSplit = (typeof REWARD_SPLITS)[number];
 
 // ---------------------------------------------------------------------------------------------------------------
-// The maths (pure, apart from the tensors chosenWeighting uses inside)
+// The maths (pure)
 
 /** One response's per-token log-probs: its response tokens, then EOS (length = sentenceIds.length + 1). */
 export interface SideLogProbs {
@@ -113,29 +113,16 @@ function chosenFactors(pairs: readonly PairLogProbs[], config: AspoLossConfig): 
     };
   });
   const batch = packPairs(arrays);
-  try {
-    const weighting = chosenWeighting(batch, config);
-    try {
-      const slots = batch.numSentences + 1;
-      const present = weighting.sentences.present.dataSync();
-      const weights = weighting.sentences.weights.dataSync();
-      const multipliers = weighting.slotMultipliers.dataSync();
-      const refMultipliers = weighting.refSlotMultipliers.dataSync();
-      return pairs.map((_, b) => {
-        const at = (k: number) => b * slots + k;
-        const ks = Array.from({ length: batch.numSentences }, (_, k) => k);
-        return {
-          weight: ks.map((k) => (present[at(k)]! > 0 ? weights[at(k)]! : null)),
-          multiplier: ks.map((k) => multipliers[at(k)]!),
-          refMultiplier: ks.map((k) => refMultipliers[at(k)]!),
-        };
-      });
-    } finally {
-      tf.dispose(weighting as unknown as tf.TensorContainer);
-    }
-  } finally {
-    disposeBatch(batch);
-  }
+  const weighting = lossForward(batch, config).weighting!;
+  const { numSentences, slots } = batch.layout.sentences;
+  return pairs.map((_, b) => {
+    const ks = Array.from({ length: numSentences }, (_, k) => b * slots + k);
+    return {
+      weight: ks.map((s) => (weighting.sentences.present[s] ? weighting.sentences.weights[s]! : null)),
+      multiplier: ks.map((s) => weighting.slotMultipliers[s]!),
+      refMultiplier: ks.map((s) => weighting.refSlotMultipliers[s]!),
+    };
+  });
 }
 
 /**

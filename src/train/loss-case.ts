@@ -1,7 +1,5 @@
-import { tf } from './backend.js';
 import {
-  aspoLossAndGradients, checkPair, disposeBatch, LOSS_CONFIG_KEYS, lossConfig, outputTensors, packPairs,
-  type AspoLossConfig, type PairArrays,
+  checkPair, LOSS_CONFIG_KEYS, lossConfig, lossForward, lossGradients, packPairs, slotTerm, type AspoLossConfig, type PairArrays,
 } from './loss.js';
 
 /**
@@ -109,27 +107,27 @@ export function parseLossCase(value: unknown): LossCase {
 export function evaluateLossCase(lossCase: LossCase): LossCaseEvaluation {
   const { config, pair } = lossCase;
   const batch = packPairs([pair]);
-  const { output, gradPolicyChosen, gradPolicyRejected } = aspoLossAndGradients(batch, config);
-  const slots = batch.numSentences;
-  // Per-slot tensors have K + 1 columns (the last: tokens outside every sentence); report the K sentences.
-  const row = <T>(t: tf.Tensor | undefined): T[] | undefined => (t ? (t.arraySync() as T[][])[0]!.slice(0, slots) : undefined);
-  const w = output.weighting;
+  const values = lossForward(batch, config);
+  const grads = lossGradients(batch, config, values);
+  const slots = batch.layout.sentences.numSentences;
+  // Per-slot arrays have K + 1 entries (the last: tokens outside every sentence); report the K sentences.
+  const row = (perSlot: Float64Array | undefined): number[] | undefined => (perSlot ? Array.from(perSlot.subarray(0, slots)) : undefined);
+  const w = values.weighting;
   const s = w?.sentences;
-  const present = row<number>(s?.present);
-  const orNull = (values: number[] | undefined) => (values && present ? values.map((v, k) => (present[k] ? v : null)) : []);
-  const weights = row<number>(s?.weights);
-  const multipliers = row<number>(s?.multipliers);
+  const present = s && Array.from(s.present.subarray(0, slots));
+  const orNull = (list: number[] | undefined) => (list && present ? list.map((v, k) => (present[k] ? v : null)) : []);
+  const weights = row(s?.weights);
+  const multipliers = row(s?.multipliers);
   const ids = pair.chosen.sentenceIds;
   const length = ids.length;
 
   // The margin split by slot: β × the chosen side's terms of slot k (DPO: its tokens' log-ratios).
-  const slotTerms = w ? (w.slotTerms.arraySync() as number[][])[0]! : undefined;
-  const contribution = (slot: (id: number) => boolean, k: number) => (slotTerms
-    ? config.beta * slotTerms[k]!
+  const contribution = (slot: (id: number) => boolean, k: number) => (w
+    ? config.beta * slotTerm(w, k)
     : pair.chosen.policyLogps.reduce((acc, p, t) => (slot(ids[t]!) ? acc + config.beta * (p - pair.chosen.refLogps[t]!) : acc), 0));
-  const perplexity = row<number>(s?.perplexity);
-  const similarityNorm = row<number>(s?.similarityNorm);
-  const perplexityNorm = row<number>(s?.perplexityNorm);
+  const perplexity = row(s?.perplexity);
+  const similarityNorm = row(s?.similarityNorm);
+  const perplexityNorm = row(s?.perplexityNorm);
   const sentences: SentenceExplanation[] = [];
   for (let k = 0; k < slots; k++) {
     const tokens = ids.filter((id) => id === k).length;
@@ -150,18 +148,16 @@ export function evaluateLossCase(lossCase: LossCase): LossCaseEvaluation {
   const evaluation: LossCaseEvaluation = {
     result: {
       ...(lossCase.id !== undefined ? { id: lossCase.id } : {}),
-      loss: output.loss.arraySync(),
-      margin: output.margins.arraySync()[0]!,
+      loss: values.loss,
+      margin: values.margins[0]!,
       weights: orNull(weights),
       multipliers: orNull(multipliers),
-      gradPolicyChosen: gradPolicyChosen.arraySync()[0]!.slice(0, length),
-      gradPolicyRejected: gradPolicyRejected.arraySync()[0]!.slice(0, pair.rejected.policyLogps.length),
+      gradPolicyChosen: Array.from(grads.chosen.subarray(0, length)),
+      gradPolicyRejected: Array.from(grads.rejected.subarray(0, pair.rejected.policyLogps.length)),
     },
     sentences,
     outsideContribution: contribution((id) => id < 0, slots),
-    rejectedContribution: -(output.rejectedRewards.arraySync()[0]!),
+    rejectedContribution: -values.rejectedRewards[0]!,
   };
-  tf.dispose([...outputTensors(output), gradPolicyChosen, gradPolicyRejected]);
-  disposeBatch(batch);
   return evaluation;
 }

@@ -1,6 +1,6 @@
 import { tf } from './backend.js';
 import {
-  disposeSentenceLayout, sentenceLayout, sentenceWeights, slotSums, spreadSlots, type SentenceLayout, type SentenceWeights,
+  perplexityWeightsBackward, rowTotals, sentenceLayout, sentenceWeights, slotSums, type SentenceLayout, type SentenceWeights,
 } from './weights.js';
 
 /**
@@ -69,51 +69,20 @@ export function lossConfig(options: Partial<Record<keyof AspoLossConfig, unknown
   return config;
 }
 
-/** One side of a batch of pairs: [batch, T] float32, padded; mask is 1 on response tokens, 0 on padding. */
-export interface ResponseSide {
-  policyLogps: tf.Tensor2D;
-  refLogps: tf.Tensor2D;
-  mask: tf.Tensor2D;
-}
-
-/** Which positions of one side are real tokens (mask > 0). */
-export interface RowLayout {
-  /** Flat positions b·T + t of the real tokens, then a sentinel (position 0). */
-  tokens: tf.Tensor1D;
-  /** Their rows b (non-decreasing), then the sentinel row `batch`, cut off after summing. */
-  rows: tf.Tensor1D;
-  /** 1 on real tokens, 0 on padding, [batch, T]. */
-  keep: tf.Tensor2D;
-}
-
-/**
- * Everything about a batch's shape the loss needs: it depends only on the masks and sentence ids, so
- * a collator builds it once per batch (packPairs does). Padding is never read: sums run over the
- * listed real tokens only, so padded positions may hold anything (even −Infinity or NaN).
- */
+/** Which positions of a batch are real tokens, and where each chosen token goes; built once per batch from the data. */
 export interface BatchLayout {
-  chosen: RowLayout;
-  rejected: RowLayout;
+  batch: number;
+  /** Padded lengths of the chosen and rejected responses (they may differ). */
+  chosenLength: number;
+  rejectedLength: number;
+  /** The chosen tokens' sentence slots (−1 on padding). */
   sentences: SentenceLayout;
-  /** 1 for pairs with a token on either side, [batch]; padding rows are left out of the mean. */
-  pairMask: tf.Tensor1D;
+  /** [batch · rejectedLength]: 1 on real rejected tokens. */
+  rejectedKeep: Uint8Array;
+  /** [batch]: 1 for pairs with a token on either side; padding rows are left out of the mean. */
+  pairMask: Uint8Array;
   /** Σ pairMask, at least 1 (the divisor of the mean). */
   pairs: number;
-}
-
-/** A batch of preference pairs. The chosen and rejected sides may have different lengths T. */
-export interface PreferenceBatch {
-  chosen: ResponseSide & {
-    /** [batch, T] int32: the sentence index of each token, −1 outside any sentence. */
-    sentenceIds: tf.Tensor2D;
-  };
-  rejected: ResponseSide;
-  /** S_i per chosen sentence, [batch, K]; needed when alpha > 0. */
-  similarity?: tf.Tensor2D;
-  /** K, the number of sentence slots per row (ids are < K). */
-  numSentences: number;
-  /** Optional precomputed layout (packPairs builds it); otherwise each call reads the masks and ids back to build one. */
-  layout?: BatchLayout;
 }
 
 /** The layout from flat row-major arrays: sentence ids (−1 outside) and real-token flags of each side. */
@@ -122,295 +91,282 @@ export function buildLayout(input: {
   chosenLength: number; chosenIds: ArrayLike<number>; chosenKeep: ArrayLike<boolean | number>;
   rejectedLength: number; rejectedKeep: ArrayLike<boolean | number>;
 }): BatchLayout {
-  const { batch } = input;
-  const hasToken = new Uint8Array(batch);
-  const rowLayout = (keep: ArrayLike<boolean | number>, length: number): RowLayout => {
-    const tokens: number[] = [];
-    const rows: number[] = [];
-    const keepValues = new Float32Array(batch * length);
-    for (let p = 0; p < batch * length; p++) {
-      if (!keep[p]) continue;
-      const row = Math.floor(p / length);
-      tokens.push(p);
-      rows.push(row);
-      keepValues[p] = 1;
-      hasToken[row] = 1;
-    }
-    return {
-      tokens: tf.tensor1d([...tokens, 0], 'int32'),
-      rows: tf.tensor1d([...rows, batch], 'int32'),
-      keep: tf.tensor2d(keepValues, [batch, length]),
-    };
-  };
-  // First: it checks the ids, before any tensor is made.
-  const sentences = sentenceLayout(input.chosenIds, input.chosenKeep, batch, input.chosenLength, input.numSentences);
-  const chosen = rowLayout(input.chosenKeep, input.chosenLength);
-  const rejected = rowLayout(input.rejectedKeep, input.rejectedLength);
-  return {
-    chosen,
-    rejected,
-    sentences,
-    pairMask: tf.tensor1d(Float32Array.from(hasToken)),
-    pairs: Math.max(1, hasToken.reduce((a, b) => a + b, 0)),
-  };
+  const { batch, chosenLength, rejectedLength } = input;
+  const sentences = sentenceLayout(input.chosenIds, input.chosenKeep, batch, chosenLength, input.numSentences);
+  const rejectedKeep = Uint8Array.from({ length: batch * rejectedLength }, (_, p) => (input.rejectedKeep[p] ? 1 : 0));
+  const pairMask = new Uint8Array(batch);
+  for (let p = 0; p < batch * chosenLength; p++) if (sentences.tokenSlot[p]! >= 0) pairMask[Math.floor(p / chosenLength)] = 1;
+  for (let p = 0; p < batch * rejectedLength; p++) if (rejectedKeep[p]) pairMask[Math.floor(p / rejectedLength)] = 1;
+  return { batch, chosenLength, rejectedLength, sentences, rejectedKeep, pairMask, pairs: Math.max(1, pairMask.reduce((a, b) => a + b, 0)) };
 }
 
-/** The layout of a batch given as tensors only: reads its masks and sentence ids back (data, not model output). */
-export function batchLayout(batch: PreferenceBatch): BatchLayout {
-  const [size, chosenLength] = batch.chosen.mask.shape;
-  const positive = (mask: tf.Tensor2D) => Array.from(mask.dataSync(), (v) => v > 0);
-  return buildLayout({
-    batch: size, numSentences: batch.numSentences,
-    chosenLength, chosenIds: batch.chosen.sentenceIds.dataSync(), chosenKeep: positive(batch.chosen.mask),
-    rejectedLength: batch.rejected.mask.shape[1], rejectedKeep: positive(batch.rejected.mask),
-  });
+/**
+ * A batch of preference pairs: per-token log-probs, row-major and padded to the layout's lengths. Padding is
+ * never read, so padded positions may hold anything (even −Infinity or NaN). `P` is how the policy's
+ * log-probs are held: plain arrays for `lossForward`, tensors for the differentiable `aspoLoss`.
+ */
+export interface LossInputs<P> {
+  layout: BatchLayout;
+  chosen: { policyLogps: P; refLogps: ArrayLike<number> };
+  rejected: { policyLogps: P; refLogps: ArrayLike<number> };
+  /** S_i per chosen sentence, [batch · K]; needed when alpha > 0. */
+  similarity?: ArrayLike<number>;
 }
 
-export function disposeLayout(layout: BatchLayout): void {
-  for (const side of [layout.chosen, layout.rejected]) tf.dispose([side.tokens, side.rows, side.keep]);
-  disposeSentenceLayout(layout.sentences);
-  layout.pairMask.dispose();
-}
+export type LossArrays = LossInputs<ArrayLike<number>>;
+/** What a trainer passes: the policy's log-probs as [batch, length] tensors from its forward pass. */
+export type PreferenceBatch = LossInputs<tf.Tensor2D>;
 
-/** Σ_t x_t over each row's real tokens, [batch]; padding is never read. */
-function rowSums(x: tf.Tensor2D, layout: RowLayout): tf.Tensor1D {
-  const op = tf.customGrad(((values: tf.Tensor, save: tf.GradSaveFunc) => {
-    save([layout.keep]);
-    const [batch] = values.shape;
-    return {
-      value: tf.slice(tf.sparse.sparseSegmentSum(tf.reshape(values, [-1]), layout.tokens, layout.rows), 0, batch),
-      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => tf.mul(tf.reshape(dy, [-1, 1]), saved[0]!),
-    };
-  }) as never) as (values: tf.Tensor) => tf.Tensor;
-  return op(x) as tf.Tensor1D;
-}
-
-/** How the chosen response is weighted, per slot [batch, K + 1] (K sentences, then the tokens outside them). */
+/** How the chosen response is weighted, per slot [batch · (K + 1)] (K sentences, then the tokens outside them). */
 export interface ChosenWeighting {
   sentences: SentenceWeights & {
     /** m = 1 + λ·w per slot (1 for the outside slot); `refMultipliers` those applied to the reference. */
-    multipliers: tf.Tensor2D;
-    refMultipliers: tf.Tensor2D;
+    multipliers: Float64Array;
+    refMultipliers: Float64Array;
   };
   /** N·m per slot: the factor on each of the slot's tokens in the margin (N = 1 unless normalize is "mass"). */
-  slotMultipliers: tf.Tensor2D;
-  /** The same for the reference log-probs; the same tensor unless refWeights is "own". */
-  refSlotMultipliers: tf.Tensor2D;
-  /**
-   * The chosen response's terms of the margin before β, per slot: N·m·Σ(log π − log π_ref) with
-   * refWeights "shared", N·m·Σ log π − N_ref·m^ref·Σ log π_ref with "own".
-   */
-  slotTerms: tf.Tensor2D;
+  slotMultipliers: Float64Array;
+  /** The same for the reference log-probs; the same array unless refWeights is "own". */
+  refSlotMultipliers: Float64Array;
+  /** Per-slot sums of the chosen policy and reference log-probs. */
+  policySums: Float64Array;
+  refSums: Float64Array;
 }
 
-/** Per-pair results, [batch]; padding rows (no token on either side) have pairMask 0 and margin 0. */
-export interface AspoLossOutput {
+/** The loss's values for a batch; per-pair arrays are [batch], and padding rows have pairMask 0 and margin 0. */
+export interface LossValues {
   /** Mean of −log σ(margin) over the real pairs. */
-  loss: tf.Scalar;
-  margins: tf.Tensor1D;
+  loss: number;
+  margins: Float64Array;
   /** β·(weighted) chosen log-ratio and β·rejected log-ratio; margins = chosenRewards − rejectedRewards. */
-  chosenRewards: tf.Tensor1D;
-  rejectedRewards: tf.Tensor1D;
-  pairMask: tf.Tensor1D;
+  chosenRewards: Float64Array;
+  rejectedRewards: Float64Array;
+  /** Σ log π of each side's real tokens. */
+  chosenLogps: Float64Array;
+  rejectedLogps: Float64Array;
+  pairMask: Uint8Array;
   /** The chosen response's weighting; absent for DPO. */
   weighting?: ChosenWeighting;
 }
 
+/** dL/d(policy log-probs), row-major like the inputs; 0 on padding. */
+export interface LossGradients {
+  chosen: Float32Array;
+  rejected: Float32Array;
+}
+
 /** Whether the weights can change with the policy's log-probs (and so carry a gradient unless detached). */
-function weightsDependOnPolicy(config: AspoLossConfig): boolean {
-  return config.pplSource === 'policy' && config.alpha < 1;
+function weightsFollowPolicy(config: AspoLossConfig): boolean {
+  return config.lossType === 'aspo' && config.pplSource === 'policy' && config.alpha < 1 && !config.detachWeights;
 }
 
-/** Spec steps 3–5 and the multipliers of step 6 for a batch, outside any gradient tape. */
-export function chosenWeighting(batch: PreferenceBatch, config: AspoLossConfig): ChosenWeighting {
-  const layout = batch.layout ?? batchLayout(batch);
-  const weighting = tf.tidy(() => {
-    const { policyLogps, refLogps } = batch.chosen;
-    return weightingOf(batch, layout, config, slotSums(policyLogps, layout.sentences), slotSums(refLogps, layout.sentences)) as never;
-  }) as ChosenWeighting;
-  if (!batch.layout) disposeLayout(layout);
-  return weighting;
+/** −log σ(M) = softplus(−M), stable for any M. */
+function softplusOfNegative(margin: number): number {
+  return margin > 0 ? Math.log1p(Math.exp(-margin)) : -margin + Math.log1p(Math.exp(margin));
 }
 
-/** The weighting from the per-slot sums of the chosen policy and reference log-probs. */
-function weightingOf(batch: PreferenceBatch, layout: BatchLayout, config: AspoLossConfig,
-  policySums: tf.Tensor2D, refSums: tf.Tensor2D): ChosenWeighting {
-  if (config.alpha > 0 && !batch.similarity) {
+/** Σ (log π − log π_ref) and Σ log π of each row's real rejected tokens, [batch] each, in one pass. */
+function rejectedSums(inputs: LossArrays): { logratio: Float64Array; logps: Float64Array } {
+  const { batch, rejectedLength, rejectedKeep } = inputs.layout;
+  const { policyLogps, refLogps } = inputs.rejected;
+  const logratio = new Float64Array(batch);
+  const logps = new Float64Array(batch);
+  for (let b = 0, p = 0; b < batch; b++) {
+    for (let t = 0; t < rejectedLength; t++, p++) {
+      if (!rejectedKeep[p]) continue;
+      logratio[b] += policyLogps[p]! - refLogps[p]!;
+      logps[b] += policyLogps[p]!;
+    }
+  }
+  return { logratio, logps };
+}
+
+/** Spec steps 3–5 and the multipliers of step 6, from the per-slot sums of the chosen log-probs. */
+function weightingOf(inputs: LossArrays, config: AspoLossConfig, policySums: Float64Array, refSums: Float64Array): ChosenWeighting {
+  if (config.alpha > 0 && !inputs.similarity) {
     throw new Error(`similarity is required when alpha > 0 (alpha = ${config.alpha}); give it, or set alpha to 0`);
   }
+  const layout = inputs.layout.sentences;
   const needsPerplexity = config.alpha < 1;
   const w = sentenceWeights({
-    layout: layout.sentences,
+    layout,
     pplSums: needsPerplexity ? (config.pplSource === 'policy' ? policySums : refSums) : undefined,
     ownRefSums: needsPerplexity && config.refWeights === 'own' && config.pplSource === 'policy' ? refSums : undefined,
-    similarity: batch.similarity,
+    similarity: inputs.similarity,
     alpha: config.alpha,
   });
-  const { counts } = layout.sentences;
-  const multipliersOf = (sentenceWeights: tf.Tensor2D): [tf.Tensor2D, tf.Tensor2D] => {
-    const multipliers = tf.add(tf.mul(sentenceWeights, config.scale), 1) as tf.Tensor2D;
+  const { slots, counts } = layout;
+  const multipliersOf = (weights: Float64Array): [Float64Array, Float64Array] => {
+    const multipliers = new Float64Array(weights.length);
+    for (let s = 0; s < weights.length; s++) multipliers[s] = 1 + config.scale * weights[s]!;
     if (config.normalize === 'none') return [multipliers, multipliers];
     // N = Σ1 / Σm over the response's tokens; at least 1 in the denominator for empty rows.
-    const mass = tf.clipByValue(tf.sum(tf.mul(multipliers, counts), 1, true), 1, Infinity);
-    return [multipliers, tf.mul(multipliers, tf.div(tf.sum(counts, 1, true), mass)) as tf.Tensor2D];
+    const scaled = new Float64Array(multipliers.length);
+    for (let b = 0; b < layout.batch; b++) {
+      const { tokens, mass } = rowMass(multipliers, counts, slots, b);
+      for (let s = b * slots; s < (b + 1) * slots; s++) scaled[s] = multipliers[s]! * tokens / Math.max(mass, 1);
+    }
+    return [multipliers, scaled];
   };
   const [multipliers, slotMultipliers] = multipliersOf(w.weights);
   const [refMultipliers, refSlotMultipliers] = w.refWeights === w.weights ? [multipliers, slotMultipliers] : multipliersOf(w.refWeights);
-  const slotTerms = (refSlotMultipliers === slotMultipliers
-    ? tf.mul(slotMultipliers, tf.sub(policySums, refSums))
-    : tf.sub(tf.mul(slotMultipliers, policySums), tf.mul(refSlotMultipliers, refSums))) as tf.Tensor2D;
-  return { sentences: { ...w, multipliers, refMultipliers }, slotMultipliers, refSlotMultipliers, slotTerms };
+  return { sentences: { ...w, multipliers, refMultipliers }, slotMultipliers, refSlotMultipliers, policySums, refSums };
 }
 
-/** Spec step 6 (or DPO) from the policy's log-probs; differentiable through every op. */
-function lossForward(batch: PreferenceBatch, layout: BatchLayout, config: AspoLossConfig,
-  policyChosen: tf.Tensor2D, policyRejected: tf.Tensor2D): AspoLossOutput {
-  const { beta } = config;
-  const rejectedLogratio = rowSums(tf.sub(policyRejected, batch.rejected.refLogps), layout.rejected);
-  let weighting: ChosenWeighting | undefined;
-  let chosenLogratio: tf.Tensor1D;
-  if (config.lossType === 'aspo') {
-    const sentences = layout.sentences;
-    weighting = weightingOf(batch, layout, config, slotSums(policyChosen, sentences), slotSums(batch.chosen.refLogps, sentences));
-    chosenLogratio = tf.sum(weighting.slotTerms, 1);
-  } else {
-    chosenLogratio = rowSums(tf.sub(policyChosen, batch.chosen.refLogps), layout.chosen);
+/** One slot's term of the chosen log-ratio: N·m·Σ log π − N_ref·m^ref·Σ log π_ref. */
+export function slotTerm(w: ChosenWeighting, slot: number): number {
+  return w.slotMultipliers[slot]! * w.policySums[slot]! - w.refSlotMultipliers[slot]! * w.refSums[slot]!;
+}
+
+/** The weighted chosen log-ratio of each pair, the sum of its slots' terms, [batch]. */
+function weightedLogratio(w: ChosenWeighting, layout: SentenceLayout): Float64Array {
+  const { batch, slots } = layout;
+  const totals = new Float64Array(batch);
+  for (let b = 0, s = 0; b < batch; b++) {
+    let total = 0;
+    for (let k = 0; k < slots; k++, s++) total += slotTerm(w, s);
+    totals[b] = total;
   }
-  const chosenRewards = tf.mul(chosenLogratio, beta) as tf.Tensor1D;
-  const rejectedRewards = tf.mul(rejectedLogratio, beta) as tf.Tensor1D;
-  const pairMask = tf.clone(layout.pairMask);
-  const margins = tf.mul(tf.sub(chosenRewards, rejectedRewards), pairMask) as tf.Tensor1D;
-  // −log σ(M) = softplus(−M): stable for any M (tf.logSigmoid's gradient is broken in tfjs 4.22).
-  const loss = tf.mul(tf.sum(tf.mul(tf.softplus(tf.neg(margins)), pairMask)), 1 / layout.pairs) as tf.Scalar;
-  return { loss, margins, chosenRewards, rejectedRewards, pairMask, weighting };
+  return totals;
+}
+
+/** Σ n_k (tokens) and Σ n_k·m_k (their multiplier mass) over row b's slots. */
+function rowMass(multipliers: Float64Array, counts: Int32Array, slots: number, b: number): { tokens: number; mass: number } {
+  let tokens = 0;
+  let mass = 0;
+  for (let s = b * slots; s < (b + 1) * slots; s++) {
+    tokens += counts[s]!;
+    mass += counts[s]! * multipliers[s]!;
+  }
+  return { tokens, mass };
+}
+
+/** Spec step 6 (or DPO) for a batch: the loss, per-pair margins and rewards, and the chosen weighting. */
+export function lossForward(inputs: LossArrays, config: AspoLossConfig = DEFAULT_LOSS_CONFIG): LossValues {
+  const { layout, chosen } = inputs;
+  const { batch, sentences, pairMask, pairs } = layout;
+  const { beta } = config;
+  // DPO and ASPO make the same passes over the tokens; ASPO only reweights the per-slot sums.
+  const sums = slotSums(chosen.policyLogps, chosen.refLogps, sentences);
+  const rejected = rejectedSums(inputs);
+  const chosenLogps = rowTotals(sums.policy, sentences);
+  const weighting = config.lossType === 'aspo' ? weightingOf(inputs, config, sums.policy, sums.ref) : undefined;
+  let chosenLogratio: Float64Array;
+  if (weighting) {
+    chosenLogratio = weightedLogratio(weighting, sentences);
+  } else {
+    const refTotals = rowTotals(sums.ref, sentences);
+    chosenLogratio = chosenLogps.map((x, b) => x - refTotals[b]!);
+  }
+  const chosenRewards = chosenLogratio.map((x) => beta * x);
+  const rejectedRewards = rejected.logratio.map((x) => beta * x);
+  const margins = chosenRewards.map((c, b) => (pairMask[b] ? c - rejectedRewards[b]! : 0));
+  let total = 0;
+  for (let b = 0; b < batch; b++) if (pairMask[b]) total += softplusOfNegative(margins[b]!);
+  return {
+    loss: total / pairs,
+    margins, chosenRewards, rejectedRewards,
+    chosenLogps,
+    rejectedLogps: rejected.logps,
+    pairMask, weighting,
+  };
 }
 
 /**
- * The loss of spec step 6 (or DPO), to be called inside the caller's gradient tape. When the weights
- * are constants for the gradient (detachWeights, or weights that do not depend on the policy) the
- * loss carries its gradient in closed form, dL/dπ_c,t = −σ(−M)·β·N·m_t / pairs and
- * dL/dπ_r,t = σ(−M)·β / pairs, so the backward pass is a handful of kernels and never walks the
- * weight maths. Otherwise it is differentiated through every op (the gradient also flows through
- * the perplexity weights).
+ * dL/d(policy log-probs) of `lossForward`'s loss, in closed form. With M = β·(C − R), dL/dM = −σ(−M) / pairs;
+ * a rejected token gets −β·dL/dM, a chosen token of slot k β·dL/dM·N·m_k (1 for DPO), plus — when the weights
+ * follow the policy and are not detached — the part through its slot's perplexity weight.
+ */
+export function lossGradients(inputs: LossArrays, config: AspoLossConfig, values: LossValues): LossGradients {
+  const { layout } = inputs;
+  const { batch, chosenLength, rejectedLength, sentences, pairs } = layout;
+  // dL/d(chosen log-ratio) = β·dL/dM per pair; the rejected log-ratio gets its negative
+  const dLogratio = values.margins.map((m, b) => (values.pairMask[b] ? -config.beta / (1 + Math.exp(m)) / pairs : 0));
+  const rejected = new Float32Array(batch * rejectedLength);
+  for (let b = 0, p = 0; b < batch; b++) {
+    for (let t = 0; t < rejectedLength; t++, p++) if (layout.rejectedKeep[p]) rejected[p] = -dLogratio[b]!;
+  }
+  const { slots, tokenSlot } = sentences;
+  const w = values.weighting;
+  // dL/d(slot sum of the chosen policy log-probs), per slot
+  const slotGrad = new Float64Array(batch * slots);
+  for (let s = 0; s < slotGrad.length; s++) slotGrad[s] = dLogratio[Math.floor(s / slots)]! * (w ? w.slotMultipliers[s]! : 1);
+  if (w && weightsFollowPolicy(config)) {
+    const through = perplexityWeightsBackward(sentences, w.policySums, w.sentences, config.alpha, weightGradient(config, sentences, w, dLogratio));
+    through.forEach((g, s) => { slotGrad[s]! += g; });
+  }
+  const chosen = new Float32Array(batch * chosenLength);
+  for (let b = 0, p = 0; b < batch; b++) {
+    for (let t = 0; t < chosenLength; t++, p++) {
+      const slot = tokenSlot[p]!;
+      if (slot >= 0) chosen[p] = slotGrad[b * slots + slot]!;
+    }
+  }
+  return { chosen, rejected };
+}
+
+/**
+ * dL/dw per slot for policy-dependent weights: C = N(m)·Σ_k m_k·A_k − (reference terms constant in m), with
+ * A_k = Σπ − Σπ_ref when the reference shares the multipliers and Σπ otherwise, m = 1 + λ·w, and with
+ * normalize "mass" N = Σn / Σ n·m, so dN/dm_k = −N·n_k / Σ n·m (0 where the mass is held at its floor of 1).
+ */
+function weightGradient(config: AspoLossConfig, layout: SentenceLayout, w: ChosenWeighting, dLogratio: Float64Array): Float64Array {
+  const { slots, counts, present } = layout;
+  const { multipliers } = w.sentences;
+  const shared = w.refSlotMultipliers === w.slotMultipliers;
+  const grad = new Float64Array(multipliers.length);
+  for (let b = 0; b < layout.batch; b++) {
+    if (dLogratio[b] === 0) continue;
+    const a = (s: number) => (shared ? w.policySums[s]! - w.refSums[s]! : w.policySums[s]!);
+    let n = 1;
+    let dN = (_s: number) => 0;
+    if (config.normalize === 'mass') {
+      const { tokens, mass } = rowMass(multipliers, counts, slots, b);
+      n = tokens / Math.max(mass, 1);
+      if (mass > 1) dN = (s) => -n * counts[s]! / mass;
+    }
+    let weighted = 0;
+    for (let s = b * slots; s < (b + 1) * slots; s++) weighted += multipliers[s]! * a(s);
+    for (let s = b * slots; s < (b + 1) * slots; s++) {
+      if (present[s]) grad[s] = dLogratio[b]! * config.scale * (n * a(s) + dN(s) * weighted);
+    }
+  }
+  return grad;
+}
+
+/** The differentiable loss plus its values (read back as numbers). */
+export interface AspoLossOutput {
+  loss: tf.Scalar;
+  values: LossValues;
+}
+
+/**
+ * The loss as one TensorFlow.js op, for the caller's gradient tape: the policy's log-probs in, a scalar out,
+ * with `lossGradients` as its gradient. The maths runs on the host in float64 — O(tokens) work, where the same
+ * maths as tensor ops costs dozens of kernel launches — and the tape records a single node.
  */
 export function aspoLoss(batch: PreferenceBatch, config: AspoLossConfig = DEFAULT_LOSS_CONFIG): AspoLossOutput {
-  const layout = batch.layout ?? batchLayout(batch);
-  const { policyLogps: policyChosen } = batch.chosen;
-  const { policyLogps: policyRejected } = batch.rejected;
-  if (config.lossType === 'aspo' && weightsDependOnPolicy(config) && !config.detachWeights) {
-    return lossForward(batch, layout, config, policyChosen, policyRejected);
-  }
-  const { beta } = config;
-  let forward: AspoLossOutput | undefined;
-  // The forward runs inside the custom op, where the caller's tape records nothing (no tape nodes,
-  // no saved inputs); its outputs other than the loss are kept there and handed to the caller below.
-  const withGradient = tf.customGrad(((_chosen: tf.Tensor, _rejected: tf.Tensor, save: tf.GradSaveFunc) => {
-    forward = lossForward(batch, layout, config, policyChosen, policyRejected);
-    for (const t of outputTensors(forward)) if (t !== forward.loss) tf.keep(t);
-    const factors = forward.weighting?.slotMultipliers;
-    const { sentences } = layout;
-    save([forward.margins, forward.pairMask, layout.rejected.keep, factors ?? layout.chosen.keep, sentences.tokenSlots]);
+  let values: LossValues | undefined;
+  const op = tf.customGrad(((policyChosen: tf.Tensor, policyRejected: tf.Tensor) => {
+    const inputs: LossArrays = {
+      ...batch,
+      chosen: { ...batch.chosen, policyLogps: policyChosen.dataSync() },
+      rejected: { ...batch.rejected, policyLogps: policyRejected.dataSync() },
+    };
+    const forward = lossForward(inputs, config);
+    values = forward;
     return {
-      value: forward.loss,
-      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
-        const [margins, pairMask, rejectedKeep, chosenFactors, tokenSlots] = saved as [tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor2D];
-        // dL/dM per pair, [batch, 1]: −σ(−M)·pairMask / pairs (padding rows have M = 0, hence the mask).
-        const perPair = tf.reshape(tf.mul(tf.mul(tf.sigmoid(tf.neg(margins)), pairMask), tf.mul(dy, -beta / layout.pairs)), [-1, 1]);
-        const gradChosen = factors
-          ? spreadSlots(tf.mul(perPair, chosenFactors) as tf.Tensor2D, { ...sentences, tokenSlots })
-          : tf.mul(perPair, chosenFactors);
-        return [gradChosen, tf.mul(tf.neg(perPair), rejectedKeep)];
+      value: tf.scalar(forward.loss),
+      gradFunc: (dy: tf.Tensor) => {
+        const scale = dy.dataSync()[0]!;
+        const grads = lossGradients(inputs, config, forward);
+        if (scale !== 1) for (const g of [grads.chosen, grads.rejected]) g.forEach((v, i) => { g[i] = v * scale; });
+        return [tf.tensor2d(grads.chosen, policyChosen.shape as [number, number]), tf.tensor2d(grads.rejected, policyRejected.shape as [number, number])];
       },
     };
   }) as never) as (chosen: tf.Tensor, rejected: tf.Tensor) => tf.Scalar;
-  const loss = withGradient(policyChosen, policyRejected);
-  return { ...adoptKept(forward!), loss };
-}
-
-/**
- * Replaces each kept tensor of an output by a clone owned by the current scope (a clone shares the
- * data; no copy), so the caller's tf.tidy or tf.dispose frees it like any other result.
- */
-function adoptKept(output: AspoLossOutput): AspoLossOutput {
-  const clones = new Map<tf.Tensor, tf.Tensor>();
-  const adopt = <T extends tf.Tensor | undefined>(t: T): T => {
-    if (!t) return t;
-    if (!clones.has(t)) {
-      clones.set(t, tf.clone(t));
-      t.dispose();
-    }
-    return clones.get(t) as T;
-  };
-  const w = output.weighting;
-  return {
-    loss: output.loss,
-    margins: adopt(output.margins),
-    chosenRewards: adopt(output.chosenRewards),
-    rejectedRewards: adopt(output.rejectedRewards),
-    pairMask: adopt(output.pairMask),
-    weighting: w && {
-      sentences: {
-        present: adopt(w.sentences.present),
-        weights: adopt(w.sentences.weights),
-        refWeights: adopt(w.sentences.refWeights),
-        perplexity: adopt(w.sentences.perplexity),
-        perplexityNorm: adopt(w.sentences.perplexityNorm),
-        similarityNorm: adopt(w.sentences.similarityNorm),
-        multipliers: adopt(w.sentences.multipliers),
-        refMultipliers: adopt(w.sentences.refMultipliers),
-      },
-      slotMultipliers: adopt(w.slotMultipliers),
-      refSlotMultipliers: adopt(w.refSlotMultipliers),
-      slotTerms: adopt(w.slotTerms),
-    },
-  };
-}
-
-/** The loss and its gradients with respect to the policy's chosen and rejected per-token log-probs. */
-export interface LossAndGradients {
-  output: AspoLossOutput;
-  gradPolicyChosen: tf.Tensor2D;
-  gradPolicyRejected: tf.Tensor2D;
-}
-
-/** One loss evaluation plus dL/d(policy log-probs). */
-export function aspoLossAndGradients(batch: PreferenceBatch, config: AspoLossConfig = DEFAULT_LOSS_CONFIG): LossAndGradients {
-  const layout = batch.layout ?? batchLayout(batch);
-  let output: AspoLossOutput | undefined;
-  const lossAndGrads = tf.valueAndGrads((policyChosen: tf.Tensor, policyRejected: tf.Tensor) => {
-    const result = aspoLoss({
-      ...batch,
-      layout,
-      chosen: { ...batch.chosen, policyLogps: policyChosen as tf.Tensor2D },
-      rejected: { ...batch.rejected, policyLogps: policyRejected as tf.Tensor2D },
-    }, config);
-    output = keepOutput(result);
-    return result.loss;
-  });
-  const { value, grads } = lossAndGrads([batch.chosen.policyLogps, batch.rejected.policyLogps]);
-  if (!batch.layout) disposeLayout(layout);
-  return {
-    output: { ...output!, loss: value as tf.Scalar },
-    gradPolicyChosen: grads[0] as tf.Tensor2D,
-    gradPolicyRejected: grads[1] as tf.Tensor2D,
-  };
-}
-
-/** Every tensor an output holds (for tf.dispose). */
-export function outputTensors(output: AspoLossOutput): tf.Tensor[] {
-  const w = output.weighting;
-  const all: tf.Tensor[] = [output.loss, output.margins, output.chosenRewards, output.rejectedRewards, output.pairMask];
-  if (w) {
-    const s = w.sentences;
-    all.push(s.present, s.weights, s.refWeights, s.multipliers, s.refMultipliers, w.slotMultipliers, w.refSlotMultipliers, w.slotTerms);
-    for (const t of [s.perplexity, s.perplexityNorm, s.similarityNorm]) if (t) all.push(t);
-  }
-  return [...new Set(all)];
-}
-
-function keepOutput(output: AspoLossOutput): AspoLossOutput {
-  for (const t of outputTensors(output)) tf.keep(t);
-  return output;
+  const loss = op(batch.chosen.policyLogps, batch.rejected.policyLogps);
+  return { loss, values: values! };
 }
 
 /** The logged metrics: DPO's usual names, plus ASPO's weight statistics. */
@@ -419,36 +375,41 @@ export const DPO_METRICS = ['loss', 'rewards/chosen', 'rewards/rejected', 'rewar
 export const ASPO_METRICS = ['aspo/weights_mean', 'aspo/weights_std', 'aspo/one_sentence_fraction'] as const;
 export type LossMetrics = Record<(typeof DPO_METRICS)[number], number> & Partial<Record<(typeof ASPO_METRICS)[number], number>>;
 
-/** Batch means over the real pairs (weight statistics over their sentences), read back as numbers. */
-export async function lossMetrics(batch: PreferenceBatch, output: AspoLossOutput): Promise<LossMetrics> {
-  const scalars = tf.tidy(() => {
-    const pairs = tf.clipByValue(tf.sum(output.pairMask), 1, Infinity);
-    const pairMean = (x: tf.Tensor1D) => tf.div(tf.sum(tf.mul(x, output.pairMask)), pairs);
-    const summedLogps = (side: ResponseSide) => tf.sum(tf.where(tf.greater(side.mask, 0), side.policyLogps, tf.zerosLike(side.policyLogps)), 1) as tf.Tensor1D;
-    const values: tf.Scalar[] = [
-      output.loss,
-      pairMean(output.chosenRewards),
-      pairMean(output.rejectedRewards),
-      pairMean(output.margins),
-      pairMean(tf.cast(tf.greater(output.margins, 0), 'float32') as tf.Tensor1D),
-      pairMean(summedLogps(batch.chosen)),
-      pairMean(summedLogps(batch.rejected)),
-    ].map((t) => t as tf.Scalar);
-    const s = output.weighting?.sentences;
-    if (s) {
-      const present = tf.mul(s.present, tf.expandDims(output.pairMask, 1));
-      const count = tf.clipByValue(tf.sum(present), 1, Infinity);
-      const mean = tf.div(tf.sum(tf.mul(s.weights, present)), count);
-      const variance = tf.div(tf.sum(tf.mul(tf.square(tf.sub(s.weights, mean)), present)), count);
-      const oneSentence = tf.cast(tf.lessEqual(tf.sum(s.present, 1), 1), 'float32') as tf.Tensor1D;
-      values.push(mean as tf.Scalar, tf.sqrt(variance) as tf.Scalar, pairMean(oneSentence) as tf.Scalar);
-    }
-    return tf.stack(values);
-  });
-  const numbers = Array.from(await scalars.data());
-  scalars.dispose();
-  const names = [...DPO_METRICS, ...(output.weighting ? ASPO_METRICS : [])];
-  return Object.fromEntries(names.map((name, i) => [name, numbers[i]!])) as LossMetrics;
+/** Batch means over the real pairs (weight statistics over their sentences). */
+export function lossMetrics(values: LossValues): LossMetrics {
+  const { pairMask } = values;
+  const realPairs = Math.max(1, pairMask.reduce((a, b) => a + b, 0));
+  const pairMean = (x: (b: number) => number) => {
+    let sum = 0;
+    for (let b = 0; b < pairMask.length; b++) if (pairMask[b]) sum += x(b);
+    return sum / realPairs;
+  };
+  const metrics: LossMetrics = {
+    loss: values.loss,
+    'rewards/chosen': pairMean((b) => values.chosenRewards[b]!),
+    'rewards/rejected': pairMean((b) => values.rejectedRewards[b]!),
+    'rewards/margins': pairMean((b) => values.margins[b]!),
+    'rewards/accuracies': pairMean((b) => (values.margins[b]! > 0 ? 1 : 0)),
+    'logps/chosen': pairMean((b) => values.chosenLogps[b]!),
+    'logps/rejected': pairMean((b) => values.rejectedLogps[b]!),
+  };
+  const s = values.weighting?.sentences;
+  if (s) {
+    const slots = s.present.length / pairMask.length;
+    const weights: number[] = [];
+    const sentencesOf = new Float64Array(pairMask.length);
+    s.present.forEach((present, i) => {
+      if (!present) return;
+      sentencesOf[Math.floor(i / slots)]!++;
+      if (pairMask[Math.floor(i / slots)]) weights.push(s.weights[i]!);
+    });
+    const mean = weights.reduce((a, b) => a + b, 0) / Math.max(1, weights.length);
+    const variance = weights.reduce((a, w) => a + (w - mean) ** 2, 0) / Math.max(1, weights.length);
+    metrics['aspo/weights_mean'] = mean;
+    metrics['aspo/weights_std'] = Math.sqrt(variance);
+    metrics['aspo/one_sentence_fraction'] = pairMean((b) => (sentencesOf[b]! <= 1 ? 1 : 0));
+  }
+  return metrics;
 }
 
 /** One pair as plain arrays (what `aspo loss` reads, and what tests build batches from). */
@@ -480,47 +441,42 @@ export function checkPair(pair: PairArrays, prefix = ''): void {
 }
 
 /**
- * Pads pairs into a batch (right padding, mask 0), with its layout built here once.
- * K is the largest similarity length or sentence id + 1, at least 1; similarity is padded with 0
- * (padded slots have no tokens, so they are absent). Similarity is included only when every pair has it.
+ * Pads pairs into a batch (right padding), with its layout built here once. K is the largest similarity length
+ * or sentence id + 1, at least 1; similarity is padded with 0 (padded slots have no tokens, so they are absent)
+ * and included only when every pair has it.
  */
-export function packPairs(pairs: PairArrays[]): PreferenceBatch {
+export function packPairs(pairs: PairArrays[]): LossArrays {
   if (pairs.length === 0) throw new Error('packPairs needs at least one pair');
   pairs.forEach((pair, i) => checkPair(pair, `pairs[${i}].`));
   const numSentences = Math.max(1, ...pairs.map((p) => Math.max(p.chosen.similarity?.length ?? 0, ...p.chosen.sentenceIds.map((id) => id + 1))));
-  const pad = (rows: number[][], fill: number): number[][] => {
-    const width = Math.max(1, ...rows.map((r) => r.length));
-    return rows.map((r) => [...r, ...new Array<number>(width - r.length).fill(fill)]);
+  const width = (rows: ArrayLike<number>[]) => Math.max(1, ...rows.map((r) => r.length));
+  const chosenLength = width(pairs.map((p) => p.chosen.policyLogps));
+  const rejectedLength = width(pairs.map((p) => p.rejected.policyLogps));
+  const pad = (rows: ArrayLike<number>[], length: number, fill = 0): Float64Array => {
+    const out = new Float64Array(rows.length * length).fill(fill);
+    rows.forEach((row, b) => out.set(row, b * length));
+    return out;
   };
-  const side = (sides: { policyLogps: number[]; refLogps: number[] }[]): ResponseSide => ({
-    policyLogps: tf.tensor2d(pad(sides.map((s) => s.policyLogps), 0)),
-    refLogps: tf.tensor2d(pad(sides.map((s) => s.refLogps), 0)),
-    mask: tf.tensor2d(pad(sides.map((s) => s.policyLogps.map(() => 1)), 0)),
-  });
-  const withSimilarity = pairs.every((p) => p.chosen.similarity);
-  const ids = pad(pairs.map((p) => p.chosen.sentenceIds), -1);
-  const keep = (lengths: number[], width: number) => lengths.flatMap((n) => Array.from({ length: width }, (_, t) => t < n));
-  const chosenLength = ids[0]!.length;
-  const rejectedLength = Math.max(1, ...pairs.map((p) => p.rejected.policyLogps.length));
+  const keep = (rows: ArrayLike<number>[], length: number) => pad(rows.map((r) => new Array<number>(r.length).fill(1)), length);
   return {
-    chosen: { ...side(pairs.map((p) => p.chosen)), sentenceIds: tf.tensor2d(ids, undefined, 'int32') },
-    rejected: side(pairs.map((p) => p.rejected)),
-    similarity: withSimilarity
-      ? tf.tensor2d(pairs.map((p) => [...p.chosen.similarity!, ...new Array<number>(numSentences - p.chosen.similarity!.length).fill(0)]))
-      : undefined,
-    numSentences,
     layout: buildLayout({
       batch: pairs.length, numSentences,
-      chosenLength, chosenIds: ids.flat(), chosenKeep: keep(pairs.map((p) => p.chosen.policyLogps.length), chosenLength),
-      rejectedLength, rejectedKeep: keep(pairs.map((p) => p.rejected.policyLogps.length), rejectedLength),
+      chosenLength, chosenIds: pad(pairs.map((p) => p.chosen.sentenceIds), chosenLength, -1), chosenKeep: keep(pairs.map((p) => p.chosen.policyLogps), chosenLength),
+      rejectedLength, rejectedKeep: keep(pairs.map((p) => p.rejected.policyLogps), rejectedLength),
     }),
+    chosen: { policyLogps: pad(pairs.map((p) => p.chosen.policyLogps), chosenLength), refLogps: pad(pairs.map((p) => p.chosen.refLogps), chosenLength) },
+    rejected: { policyLogps: pad(pairs.map((p) => p.rejected.policyLogps), rejectedLength), refLogps: pad(pairs.map((p) => p.rejected.refLogps), rejectedLength) },
+    similarity: pairs.every((p) => p.chosen.similarity) ? pad(pairs.map((p) => p.chosen.similarity!), numSentences) : undefined,
   };
 }
 
-/** Frees a batch's tensors. */
-export function disposeBatch(batch: PreferenceBatch): void {
-  const { chosen, rejected } = batch;
-  tf.dispose([chosen.policyLogps, chosen.refLogps, chosen.mask, chosen.sentenceIds, rejected.policyLogps, rejected.refLogps, rejected.mask]);
-  if (batch.layout) disposeLayout(batch.layout);
-  if (batch.similarity) batch.similarity.dispose();
+/** The same batch with the policy's log-probs as [batch, length] tensors, for `aspoLoss` (the caller disposes them). */
+export function withPolicyTensors(arrays: LossArrays): PreferenceBatch {
+  const { layout } = arrays;
+  const tensor = (values: ArrayLike<number>, length: number) => tf.tensor2d(Float32Array.from(values), [layout.batch, length]);
+  return {
+    ...arrays,
+    chosen: { ...arrays.chosen, policyLogps: tensor(arrays.chosen.policyLogps, layout.chosenLength) },
+    rejected: { ...arrays.rejected, policyLogps: tensor(arrays.rejected.policyLogps, layout.rejectedLength) },
+  };
 }

@@ -14,8 +14,7 @@ import { AdamW, DEFAULT_ADAMW, type OptimizerState } from './optimizer.js';
 import { loadCheckpoint, saveCheckpoint } from './checkpoint.js';
 import { loadImagePixels, stackImages } from './images.js';
 import {
-  aspoLoss, buildLayout, disposeLayout, lossMetrics, outputTensors,
-  type AspoLossConfig, type AspoLossOutput, type LossMetrics, type PreferenceBatch,
+  aspoLoss, buildLayout, lossForward, lossMetrics, type AspoLossConfig, type BatchLayout, type LossInputs, type LossMetrics, type LossValues,
 } from './loss.js';
 import { runLoop } from './loop.js';
 import { newRunId, type MetricsSink } from './metrics.js';
@@ -205,15 +204,11 @@ export function collatePairs(pairs: ShardPair[], options: { similarity: boolean;
   };
 }
 
-/** The tensors of a host batch the loss needs besides the log-probs. */
-interface BatchTensors {
+/** What a host batch needs besides the log-probs: its images as one tensor, and the loss's layout. */
+interface BatchInputs {
   images: tf.Tensor4D | null;
   hasImage: boolean[];
-  chosenMask: tf.Tensor2D;
-  rejectedMask: tf.Tensor2D;
-  sentenceIds: tf.Tensor2D;
-  similarity?: tf.Tensor2D;
-  layout: ReturnType<typeof buildLayout>;
+  layout: BatchLayout;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -318,16 +313,12 @@ export class PreferenceTrainer {
     return batchIndices(step, this.train.length, this.options.batchSize, this.options.seed).map((i) => this.train[i]!);
   }
 
-  private tensorsOf(host: HostBatch): BatchTensors {
+  private inputsOf(host: HostBatch): BatchInputs {
     const pixels = host.imageIds.map((id) => (id === null ? null : this.images.get(id)!));
     const { pairs, width } = host;
     return {
       images: pixels.some(Boolean) ? stackImages(pixels, this.policy.config.imageSize) : null,
       hasImage: pixels.map(Boolean),
-      chosenMask: tf.tensor2d(Float32Array.from(host.chosenKeep), [pairs, width]),
-      rejectedMask: tf.tensor2d(Float32Array.from(host.rejectedKeep), [pairs, width]),
-      sentenceIds: tf.tensor2d(host.chosenSentenceIds, [pairs, width], 'int32'),
-      similarity: host.similarity && tf.tensor2d(host.similarity, [pairs, host.numSentences]),
       layout: buildLayout({
         batch: pairs, numSentences: host.numSentences,
         chosenLength: width, chosenIds: host.chosenSentenceIds, chosenKeep: host.chosenKeep,
@@ -337,7 +328,7 @@ export class PreferenceTrainer {
   }
 
   /** Per-token log-probs of chosen and rejected under `model`, [pairs, R] each, from one forward pass over both. */
-  private sideLogProbs(model: VisionLanguageModel, host: HostBatch, t: BatchTensors): [tf.Tensor2D, tf.Tensor2D] {
+  private sideLogProbs(model: VisionLanguageModel, host: HostBatch, t: BatchInputs): [tf.Tensor2D, tf.Tensor2D] {
     const images = t.images && tf.concat([t.images, t.images]) as tf.Tensor4D;
     const { logps, mask } = model.responseLogProbs({
       images, hasImage: [...t.hasImage, ...t.hasImage],
@@ -349,12 +340,12 @@ export class PreferenceTrainer {
   }
 
   /** Reference log-probs of both sides: the stored ones, or a forward pass of the reference (no gradient). */
-  private referenceLogProbs(host: HostBatch, t: BatchTensors): [tf.Tensor2D, tf.Tensor2D] {
-    if (this.refSource === 'shards') {
-      const shape: [number, number] = [host.pairs, host.width];
-      return [tf.tensor2d(host.chosenRefLogps!, shape), tf.tensor2d(host.rejectedRefLogps!, shape)];
-    }
-    return tf.tidy(() => this.sideLogProbs(this.reference, host, t));
+  private referenceLogProbs(host: HostBatch, t: BatchInputs): [Float32Array, Float32Array] {
+    if (this.refSource === 'shards') return [host.chosenRefLogps!, host.rejectedRefLogps!];
+    const logps = tf.tidy(() => this.sideLogProbs(this.reference, host, t));
+    const arrays = logps.map((side) => side.dataSync() as Float32Array);
+    tf.dispose(logps);
+    return [arrays[0]!, arrays[1]!];
   }
 
   collate(pairs: ShardPair[]): HostBatch {
@@ -365,54 +356,45 @@ export class PreferenceTrainer {
     return this.options.loss.lossType === 'aspo' && this.options.loss.alpha > 0;
   }
 
-  private preferenceBatch(t: BatchTensors, host: HostBatch, policy: [tf.Tensor2D, tf.Tensor2D], ref: [tf.Tensor2D, tf.Tensor2D]): PreferenceBatch {
+  private lossInputs<P>(t: BatchInputs, host: HostBatch, policy: [P, P], ref: [Float32Array, Float32Array]): LossInputs<P> {
     return {
-      chosen: { policyLogps: policy[0], refLogps: ref[0], mask: t.chosenMask, sentenceIds: t.sentenceIds },
-      rejected: { policyLogps: policy[1], refLogps: ref[1], mask: t.rejectedMask },
-      similarity: t.similarity,
-      numSentences: host.numSentences,
       layout: t.layout,
+      chosen: { policyLogps: policy[0], refLogps: ref[0] },
+      rejected: { policyLogps: policy[1], refLogps: ref[1] },
+      similarity: host.similarity,
     };
   }
 
   /** The loss metrics of `pairs` under the current policy, without a gradient or an update. */
   async lossOf(pairs: ShardPair[]): Promise<LossMetrics> {
     const host = this.collate(pairs);
-    const t = this.tensorsOf(host);
+    const t = this.inputsOf(host);
     const ref = this.referenceLogProbs(host, t);
-    const policy = tf.tidy(() => this.sideLogProbs(this.policy, host, t));
-    const batch = this.preferenceBatch(t, host, policy, ref);
-    const output = aspoLoss(batch, this.options.loss);
-    const metrics = await lossMetrics(batch, output);
-    tf.dispose([...outputTensors(output), ...policy, ...ref]);
-    disposeTensors(t);
-    return metrics;
+    const logps = tf.tidy(() => this.sideLogProbs(this.policy, host, t));
+    const policy = logps.map((side) => side.dataSync()) as [Float32Array, Float32Array];
+    tf.dispose([...logps, ...(t.images ? [t.images] : [])]);
+    return lossMetrics(lossForward(this.lossInputs(t, host, policy, ref), this.options.loss));
   }
 
   /** One optimizer step on the batch the seed assigns to the current step. */
   async trainStep(): Promise<PreferenceStepStats> {
     const host = this.collate(this.pairsOfStep(this.step));
-    const t = this.tensorsOf(host);
+    const t = this.inputsOf(host);
     const ref = this.referenceLogProbs(host, t);
     const names = new Map(Object.entries(this.policy.weights).map(([name, w]) => [w.name, name]));
-    let output: AspoLossOutput | undefined;
-    let policy: [tf.Tensor2D, tf.Tensor2D] | undefined;
+    let values: LossValues | undefined;
     const { value, grads } = tf.variableGrads(() => {
-      policy = this.sideLogProbs(this.policy, host, t);
-      output = aspoLoss(this.preferenceBatch(t, host, policy, ref), this.options.loss);
-      // The metrics read the loss's outputs and the policy log-probs after the tape is done.
-      for (const kept of [...outputTensors(output), ...policy]) if (kept !== output.loss) tf.keep(kept);
+      const output = aspoLoss(this.lossInputs(t, host, this.sideLogProbs(this.policy, host, t), ref), this.options.loss);
+      values = output.values;
       return output.loss;
     }, Object.values(this.policy.weights));
     const byName: Record<string, tf.Tensor> = {};
     for (const [tfName, g] of Object.entries(grads)) byName[names.get(tfName)!] = g;
     const lr = learningRate(this.step, this.totalSteps, this.options);
     const gradNorm = this.optimizer.apply(byName, lr);
-    const metrics = await lossMetrics(this.preferenceBatch(t, host, policy!, ref), { ...output!, loss: value as tf.Scalar });
-    tf.dispose([value, ...Object.values(grads), ...outputTensors(output!), ...policy!, ...ref]);
-    disposeTensors(t);
+    tf.dispose([value, ...Object.values(grads), ...(t.images ? [t.images] : [])]);
     this.step += 1;
-    return { step: this.step, metrics, lr, gradNorm, pairs: host.pairs };
+    return { step: this.step, metrics: lossMetrics(values!), lr, gradNorm, pairs: host.pairs };
   }
 
   /** Loss metrics over the eval split (pair-weighted means of batch means), and probe sentence accuracy with --probes. */
@@ -446,13 +428,6 @@ export class PreferenceTrainer {
     this.policy.dispose();
     this.reference.dispose();
   }
-}
-
-function disposeTensors(t: BatchTensors): void {
-  tf.dispose([t.chosenMask, t.rejectedMask, t.sentenceIds]);
-  if (t.images) t.images.dispose();
-  if (t.similarity) t.similarity.dispose();
-  disposeLayout(t.layout);
 }
 
 /** Decodes the images the pairs use, once each, from the shard set's image file. */

@@ -1,12 +1,8 @@
-import { tf } from './backend.js';
-
 /**
- * Sentence-weight maths of ASPO (spec steps 3–5), vectorised over a batch of chosen responses.
- * Each pair has a table of `K + 1` slots: its K sentences, then one slot for the chosen tokens
- * outside every sentence (which keep multiplier 1). Per-slot sums of per-token values are one
- * SparseSegmentSum, and spreading per-slot values back onto tokens one GatherNd, over a layout built
- * once per batch from the sentence ids: a few kernels whatever K is, where a [batch, T, K] one-hot
- * matMul costs several times more on the wasm backend.
+ * Sentence-weight maths of ASPO (spec steps 3–5) on plain arrays, for a batch of chosen responses, with the
+ * vector–Jacobian products the loss's backward pass needs. Each pair has a row of `K + 1` slots: its K
+ * sentences, then one slot for the chosen tokens outside every sentence (which keep multiplier 1). Per-slot
+ * arrays are row-major, [batch · (K + 1)]; values are computed in float64.
  */
 
 /** Min–max normaliser of the spec: (v − min v) / (max v − min v + ε), within one response. */
@@ -14,193 +10,219 @@ export const MIN_MAX_EPSILON = 1e-6;
 
 /**
  * Mean per-token negative log-likelihood is capped here before `exp`, so a pathological sentence
- * cannot overflow float32 (e^60 ≈ 1e26); real sentences sit far below (ln of the vocabulary size).
+ * cannot overflow (e^60 ≈ 1e26); real sentences sit far below (ln of the vocabulary size).
  */
 export const MAX_SENTENCE_NLL = 60;
 
-/** Pushes absent sentences out of the row-wise min/max: above any capped perplexity, yet finite in float32. */
-const ABSENT_FILL = 1e30;
-
 /**
- * Where every chosen token goes in the per-pair slot table. It depends only on the data (sentence
- * ids and mask), so a collator builds it once per batch (`packPairs` does).
+ * Where every chosen token goes in the per-pair slot table. It depends only on the data (sentence ids
+ * and which positions are real tokens), so a collator builds it once per batch (`packPairs` does).
  */
 export interface SentenceLayout {
   batch: number;
   /** T, the padded length of the chosen responses. */
   length: number;
+  /** K, the sentence slots per row. */
+  numSentences: number;
   /** K + 1: the K sentence slots, then the slot of the tokens outside every sentence. */
   slots: number;
-  /** Flat positions b·T + t of the real chosen tokens in slot order, then a sentinel (position 0). */
-  slotTokens: tf.Tensor1D;
-  /** Their slots b·slots + k (non-decreasing), then the sentinel slot batch·slots, cut off after summing. */
-  slotIds: tf.Tensor1D;
-  /** Slot of every chosen position, [batch·T, 1]; padding points one past the table (batch·slots), to a 0. */
-  tokenSlots: tf.Tensor2D;
-  /** Tokens per slot, [batch, slots]; and −max(count, 1), the divisor turning a slot's log-prob sum into its mean NLL. */
-  counts: tf.Tensor2D;
-  nllDivisor: tf.Tensor2D;
-  /** 1 for the sentence slots holding at least one token, else 0 (always 0 for the outside slot), [batch, slots]. */
-  present: tf.Tensor2D;
-  /** The same mask in additive form for the row-wise min/max: 0 where present, ABSENT_FILL elsewhere. */
-  absentOffset: tf.Tensor2D;
+  /** [batch · T]: the slot (0 … K) of each chosen position within its row; −1 on padding. */
+  tokenSlot: Int32Array;
+  /** [batch · slots]: tokens per slot. */
+  counts: Int32Array;
+  /** [batch · slots]: 1 for the sentence slots holding at least one token (never the outside slot). */
+  present: Uint8Array;
 }
 
 /**
- * Builds the layout from flat row-major arrays: `ids` the sentence id of each chosen position
- * (−1 outside any sentence) and `keep` whether the position is a real token (not padding).
- * Ids must be < numSentences.
+ * Builds the layout from flat row-major arrays: `ids` the sentence id of each chosen position (−1 outside
+ * any sentence) and `keep` whether the position is a real token (not padding). Ids must be < numSentences.
  */
 export function sentenceLayout(ids: ArrayLike<number>, keep: ArrayLike<boolean | number>, batch: number, length: number,
   numSentences: number): SentenceLayout {
   const slots = numSentences + 1;
-  const slotOf = new Int32Array(batch * length).fill(batch * slots);
-  const counts = new Float32Array(batch * slots);
+  const tokenSlot = new Int32Array(batch * length).fill(-1);
+  const counts = new Int32Array(batch * slots);
   for (let p = 0; p < batch * length; p++) {
     if (!keep[p]) continue;
     const id = ids[p]!;
     if (id >= numSentences) throw new Error(`chosen.sentenceIds holds sentence ${id} but numSentences is ${numSentences}`);
-    const slot = Math.floor(p / length) * slots + (id < 0 ? numSentences : id);
-    slotOf[p] = slot;
-    counts[slot]!++;
+    const slot = id < 0 ? numSentences : id;
+    tokenSlot[p] = slot;
+    counts[Math.floor(p / length) * slots + slot]!++;
   }
-  // Counting sort of the real tokens by slot (stable, so positions stay increasing within a slot).
-  const start = new Int32Array(batch * slots + 1);
-  for (let s = 0; s < batch * slots; s++) start[s + 1] = start[s]! + counts[s]!;
-  const real = start[batch * slots]!;
-  const slotTokens = new Int32Array(real + 1);
-  const slotIds = new Int32Array(real + 1);
-  const next = start.slice(0, batch * slots);
-  for (let p = 0; p < batch * length; p++) {
-    const slot = slotOf[p]!;
-    if (slot === batch * slots) continue;
-    const at = next[slot]!++;
-    slotTokens[at] = p;
-    slotIds[at] = slot;
+  const present = new Uint8Array(batch * slots);
+  for (let s = 0; s < batch * slots; s++) present[s] = counts[s]! > 0 && s % slots < numSentences ? 1 : 0;
+  return { batch, length, numSentences, slots, tokenSlot, counts, present };
+}
+
+/** Σ log π and Σ log π_ref of the chosen tokens per slot, [batch · slots] each, in one pass; padding is never read. */
+export function slotSums(policy: ArrayLike<number>, ref: ArrayLike<number>, layout: SentenceLayout): { policy: Float64Array; ref: Float64Array } {
+  const { batch, length, slots, tokenSlot } = layout;
+  const policySums = new Float64Array(batch * slots);
+  const refSums = new Float64Array(batch * slots);
+  for (let b = 0, p = 0; b < batch; b++) {
+    const row = b * slots;
+    for (let t = 0; t < length; t++, p++) {
+      const slot = tokenSlot[p]!;
+      if (slot < 0) continue;
+      policySums[row + slot] += policy[p]!;
+      refSums[row + slot] += ref[p]!;
+    }
   }
-  slotIds[real] = batch * slots;
-  const present = counts.map((count, s) => (count > 0 && s % slots < numSentences ? 1 : 0));
-  return {
-    batch, length, slots,
-    slotTokens: tf.tensor1d(slotTokens, 'int32'),
-    slotIds: tf.tensor1d(slotIds, 'int32'),
-    tokenSlots: tf.tensor2d(slotOf, [batch * length, 1], 'int32'),
-    counts: tf.tensor2d(counts, [batch, slots]),
-    nllDivisor: tf.tensor2d(counts.map((count) => -Math.max(count, 1)), [batch, slots]),
-    present: tf.tensor2d(present, [batch, slots]),
-    absentOffset: tf.tensor2d(present.map((p) => (p ? 0 : ABSENT_FILL)), [batch, slots]),
-  };
+  return { policy: policySums, ref: refSums };
 }
 
-export function disposeSentenceLayout(layout: SentenceLayout): void {
-  tf.dispose([layout.slotTokens, layout.slotIds, layout.tokenSlots, layout.counts, layout.nllDivisor, layout.present, layout.absentOffset]);
+/** Per-row totals of a per-slot array, [batch]. */
+export function rowTotals(perSlot: ArrayLike<number>, layout: SentenceLayout): Float64Array {
+  const { batch, slots } = layout;
+  const totals = new Float64Array(batch);
+  for (let b = 0, s = 0; b < batch; b++) {
+    let total = 0;
+    for (let k = 0; k < slots; k++, s++) total += perSlot[s]!;
+    totals[b] = total;
+  }
+  return totals;
 }
 
-/** Σ_{t ∈ slot} x_t per slot, [batch, slots], from per-token values [batch, T]; padding is never read. */
-export function slotSums(x: tf.Tensor2D, layout: SentenceLayout): tf.Tensor2D {
-  const op = tf.customGrad(((values: tf.Tensor, save: tf.GradSaveFunc) => {
-    save([layout.tokenSlots]);
-    const { batch, slots } = layout;
-    const sums = tf.sparse.sparseSegmentSum(tf.reshape(values, [-1]), layout.slotTokens, layout.slotIds);
-    return {
-      value: tf.reshape(tf.slice(sums, 0, batch * slots), [batch, slots]),
-      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => spread(dy as tf.Tensor2D, layout, saved[0]!),
-    };
-  }) as never) as (values: tf.Tensor) => tf.Tensor;
-  return op(x) as tf.Tensor2D;
+/** The slot's mean NLL, −Σ log p / n (n at least 1). */
+function meanNll(sum: number, count: number): number {
+  return -sum / Math.max(count, 1);
 }
 
-/** Each token gets its slot's value, [batch, T]; padding gets 0. */
-export function spreadSlots(slotValues: tf.Tensor2D, layout: SentenceLayout): tf.Tensor2D {
-  const op = tf.customGrad(((values: tf.Tensor, save: tf.GradSaveFunc) => {
-    save([layout.slotTokens, layout.slotIds]);
-    return {
-      value: spread(values as tf.Tensor2D, layout, layout.tokenSlots),
-      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
-        const sums = tf.sparse.sparseSegmentSum(tf.reshape(dy, [-1]), saved[0] as tf.Tensor1D, saved[1] as tf.Tensor1D);
-        return tf.reshape(tf.slice(sums, 0, layout.batch * layout.slots), [layout.batch, layout.slots]);
-      },
-    };
-  }) as never) as (values: tf.Tensor) => tf.Tensor;
-  return op(slotValues) as tf.Tensor2D;
-}
-
-/** The gather behind spreadSlots (GatherNd: GatherV2 checks every index in JavaScript and is ten times slower on wasm). */
-function spread(slotValues: tf.Tensor2D, layout: SentenceLayout, tokenSlots: tf.Tensor): tf.Tensor2D {
-  const table = tf.concat([tf.reshape(slotValues, [-1]), tf.zeros([1])]);
-  return tf.reshape(tf.gatherND(table, tokenSlots), [layout.batch, layout.length]) as tf.Tensor2D;
-}
-
-/** PPL_k = exp(−mean log p over the slot's tokens), [batch, slots]; 1 for slots without tokens. */
-export function sentencePerplexity(slotLogpSums: tf.Tensor2D, layout: SentenceLayout): tf.Tensor2D {
-  const meanNll = tf.div(slotLogpSums, layout.nllDivisor);
-  return tf.exp(tf.clipByValue(meanNll, -Infinity, MAX_SENTENCE_NLL)) as tf.Tensor2D;
+/** PPL_k = exp(mean NLL over the slot's tokens, capped) of every slot of row `row`; 1 for slots without tokens. */
+function rowPerplexity(logpSums: Float64Array, counts: Int32Array, row: number, slots: number, out: Float64Array): void {
+  for (let s = row; s < row + slots; s++) out[s] = Math.exp(Math.min(meanNll(logpSums[s]!, counts[s]!), MAX_SENTENCE_NLL));
 }
 
 /**
- * Min–max normalisation along the last axis over the present entries only (`present` is 1/0,
- * `absentOffset` the same mask as 0/ABSENT_FILL; both broadcast against `values`); absent entries
- * come out 0. One-entry rows and all-equal rows give 0. Every intermediate stays finite, so
- * gradients stay finite even for rows without sentences.
+ * Min–max normalisation of one row's present entries, of sign·values (sign −1: lower is better): reads
+ * values[from + k] and present[to + k] and writes out[to + k] for k < length; absent entries are left at 0.
+ * One-entry and all-equal rows give 0.
  */
-export function minMaxNormalize(values: tf.Tensor, present: tf.Tensor, absentOffset: tf.Tensor): tf.Tensor {
-  // Pushing absent entries out of range is cheaper than selecting with tf.where.
-  const low = tf.min(tf.add(values, absentOffset), -1, true);
-  const high = tf.max(tf.sub(values, absentOffset), -1, true);
-  return tf.mul(tf.div(tf.sub(values, low), tf.add(tf.sub(high, low), MIN_MAX_EPSILON)), present);
+function normalizeRow(values: ArrayLike<number>, from: number, sign: 1 | -1, present: Uint8Array, to: number, length: number,
+  out: Float64Array): void {
+  let low = Infinity;
+  let high = -Infinity;
+  for (let k = 0; k < length; k++) {
+    if (!present[to + k]) continue;
+    const v = sign * values[from + k]!;
+    if (v < low) low = v;
+    if (v > high) high = v;
+  }
+  const range = high - low + MIN_MAX_EPSILON;
+  for (let k = 0; k < length; k++) if (present[to + k]) out[to + k] = (sign * values[from + k]! - low) / range;
 }
 
-/** What the fused weights were made of, per slot [batch, K + 1]; the outside slot and absent sentences hold w = 0. */
+/**
+ * dL/dx of x' = normalizeRow(x) for row `row` (sign 1), from dL/dx'. The row's min and max pass their gradient
+ * to every entry equal to them (as TensorFlow's min and max reductions do at ties).
+ */
+function normalizeRowBackward(values: ArrayLike<number>, present: Uint8Array, row: number, length: number,
+  upstream: ArrayLike<number>, grad: Float64Array): void {
+  let low = Infinity;
+  let high = -Infinity;
+  for (let s = row; s < row + length; s++) {
+    if (!present[s]) continue;
+    low = Math.min(low, values[s]!);
+    high = Math.max(high, values[s]!);
+  }
+  if (low > high) return;
+  const r = high - low + MIN_MAX_EPSILON;
+  // x'_k = (x_k − low) / r, so ∂x'_k/∂low = ((x_k − low) − r) / r² and ∂x'_k/∂high = −(x_k − low) / r².
+  let sumU = 0;
+  let sumUX = 0;
+  for (let s = row; s < row + length; s++) {
+    if (!present[s]) continue;
+    sumU += upstream[s]!;
+    sumUX += upstream[s]! * (values[s]! - low);
+  }
+  const dLow = sumUX / (r * r) - sumU / r;
+  const dHigh = -sumUX / (r * r);
+  for (let s = row; s < row + length; s++) {
+    if (present[s]) grad[s] = upstream[s]! / r + (values[s] === low ? dLow : 0) + (values[s] === high ? dHigh : 0);
+  }
+}
+
+/** What the fused weights were made of, per slot [batch · (K + 1)]; the outside slot and absent sentences hold w = 0. */
 export interface SentenceWeights {
-  /** 1 where the slot is a sentence with at least one (unmasked) token. */
-  present: tf.Tensor2D;
+  /** 1 where the slot is a sentence with at least one token. */
+  present: Uint8Array;
   /** w = α·S' + (1 − α)·P' of the perplexity source. */
-  weights: tf.Tensor2D;
-  /** w computed with the reference's own perplexity (refWeights "own"); same tensor as `weights` otherwise. */
-  refWeights: tf.Tensor2D;
+  weights: Float64Array;
+  /** w computed with the reference's own perplexity (refWeights "own"); the same array as `weights` otherwise. */
+  refWeights: Float64Array;
   /** PPL of the perplexity source, and P' from it; undefined when alpha = 1 (not needed). */
-  perplexity?: tf.Tensor2D;
-  perplexityNorm?: tf.Tensor2D;
-  /** S' ; undefined when alpha = 0. */
-  similarityNorm?: tf.Tensor2D;
+  perplexity?: Float64Array;
+  perplexityNorm?: Float64Array;
+  /** S'; undefined when alpha = 0. */
+  similarityNorm?: Float64Array;
 }
 
 export interface SentenceWeightInputs {
   layout: SentenceLayout;
   /** Per-slot sums of the log-probs the perplexity is computed from (per `pplSource`); needed when alpha < 1. */
-  pplSums?: tf.Tensor2D;
+  pplSums?: Float64Array;
   /** Per-slot sums of the reference's log-probs, when the reference needs its own weights; else undefined. */
-  ownRefSums?: tf.Tensor2D;
-  /** S_i, [batch, K]; required when alpha > 0. */
-  similarity?: tf.Tensor2D;
+  ownRefSums?: Float64Array;
+  /** S_i, [batch · K]; required when alpha > 0. */
+  similarity?: ArrayLike<number>;
   alpha: number;
 }
 
-/** Spec steps 3–5: per-sentence perplexity, min–max normalisation within each response, fusion. */
+/** Spec steps 3–5: per-sentence perplexity, min–max normalisation within each response, fusion; one row at a time. */
 export function sentenceWeights(inputs: SentenceWeightInputs): SentenceWeights {
   const { layout, pplSums, ownRefSums, similarity, alpha } = inputs;
+  const { batch, numSentences, slots, present, counts } = layout;
   if (alpha > 0 && !similarity) throw new Error('similarity is required when alpha > 0');
-  const present = tf.clone(layout.present);
-
-  const normalize = (values: tf.Tensor) => minMaxNormalize(values, present, layout.absentOffset) as tf.Tensor2D;
-  // Each score normalised on its own: stacking them to share one min and one max costs more kernels than it saves.
-  // The outside slot gets a 0 score; it is absent from the normalisation anyway.
-  const similarityNorm = alpha > 0 ? normalize(tf.pad(similarity!, [[0, 0], [0, 1]])) : undefined;
-  let perplexity: tf.Tensor2D | undefined;
-  let perplexityNorm: tf.Tensor2D | undefined;
-  let refPerplexityNorm: tf.Tensor2D | undefined;
-  if (alpha < 1) {
-    if (!pplSums) throw new Error('per-slot log-prob sums are required for the perplexity when alpha < 1');
-    perplexity = sentencePerplexity(pplSums, layout);
-    perplexityNorm = normalize(tf.neg(perplexity));
-    if (ownRefSums) refPerplexityNorm = normalize(tf.neg(sentencePerplexity(ownRefSums, layout)));
+  if (alpha < 1 && !pplSums) throw new Error('per-slot log-prob sums are required for the perplexity when alpha < 1');
+  const size = batch * slots;
+  const similarityNorm = alpha > 0 ? new Float64Array(size) : undefined;
+  const perplexity = alpha < 1 ? new Float64Array(size) : undefined;
+  const perplexityNorm = alpha < 1 ? new Float64Array(size) : undefined;
+  const own = alpha < 1 && ownRefSums ? { perplexity: new Float64Array(size), norm: new Float64Array(size) } : undefined;
+  const weights = alpha > 0 && alpha < 1 ? new Float64Array(size) : (similarityNorm ?? perplexityNorm)!;
+  const refWeights = own ? (alpha > 0 ? new Float64Array(size) : own.norm) : weights;
+  for (let b = 0; b < batch; b++) {
+    const row = b * slots;
+    if (similarityNorm) normalizeRow(similarity!, b * numSentences, 1, present, row, numSentences, similarityNorm);
+    if (perplexity && perplexityNorm) {
+      rowPerplexity(pplSums!, counts, row, slots, perplexity);
+      normalizeRow(perplexity, row, -1, present, row, numSentences, perplexityNorm);
+    }
+    if (own) {
+      rowPerplexity(ownRefSums!, counts, row, slots, own.perplexity);
+      normalizeRow(own.perplexity, row, -1, present, row, numSentences, own.norm);
+    }
+    if (similarityNorm && perplexityNorm) {
+      for (let s = row; s < row + numSentences; s++) {
+        weights[s] = alpha * similarityNorm[s]! + (1 - alpha) * perplexityNorm[s]!;
+        if (own) refWeights[s] = alpha * similarityNorm[s]! + (1 - alpha) * own.norm[s]!;
+      }
+    }
   }
-  const fuse = (pNorm: tf.Tensor2D | undefined): tf.Tensor2D => {
-    if (!pNorm) return similarityNorm!;
-    if (!similarityNorm) return pNorm;
-    return tf.add(tf.mul(similarityNorm, alpha), tf.mul(pNorm, 1 - alpha));
-  };
-  const weights = fuse(perplexityNorm);
-  const refWeights = refPerplexityNorm ? fuse(refPerplexityNorm) : weights;
   return { present, weights, refWeights, perplexity, perplexityNorm, similarityNorm };
+}
+
+/**
+ * dL/d(per-slot log-prob sums of the perplexity source) from dL/dw, through w = … + (1 − α)·P',
+ * P' = minmax(−PPL) and PPL = exp(min(−sum / n, cap)) (no gradient where the cap applies).
+ */
+export function perplexityWeightsBackward(layout: SentenceLayout, pplSums: Float64Array, weights: SentenceWeights, alpha: number,
+  dWeights: ArrayLike<number>): Float64Array {
+  const { batch, numSentences, present, slots, counts } = layout;
+  const perplexity = weights.perplexity!;
+  const negPerplexity = new Float64Array(perplexity.length);
+  const upstream = new Float64Array(perplexity.length);
+  for (let s = 0; s < perplexity.length; s++) {
+    negPerplexity[s] = -perplexity[s]!;
+    upstream[s] = (1 - alpha) * dWeights[s]!;
+  }
+  const grad = new Float64Array(perplexity.length);
+  for (let b = 0; b < batch; b++) normalizeRowBackward(negPerplexity, present, b * slots, numSentences, upstream, grad);
+  for (let s = 0; s < grad.length; s++) {
+    // d(−PPL)/dsum = PPL / n; 0 where the cap holds the perplexity
+    grad[s] = !present[s] || meanNll(pplSums[s]!, counts[s]!) > MAX_SENTENCE_NLL ? 0 : grad[s]! * perplexity[s]! / Math.max(counts[s]!, 1);
+  }
+  return grad;
 }

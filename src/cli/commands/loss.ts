@@ -1,14 +1,12 @@
 import { createInterface } from 'node:readline';
-import { initBackend } from '../../train/backend.js';
 import { evaluateLossCase, parseLossCase, type LossCaseEvaluation } from '../../train/loss-case.js';
 import { DEFAULT_LOSS_CONFIG } from '../../train/loss.js';
 import { parse, type Command } from '../command.js';
-import { backendOption } from '../model-options.js';
 
 const defaults = Object.entries(DEFAULT_LOSS_CONFIG).map(([k, v]) => `${k} ${v}`).join(', ');
 
 export const command: Command = {
-  usage: 'aspo loss [--explain] [--backend auto|wasm|cpu|tensorflow|tensorflow-gpu] < cases.jsonl\n\n' +
+  usage: 'aspo loss [--explain] < cases.jsonl\n\n' +
     '  Evaluates the sentence-level (ASPO) or DPO loss on hand-made cases, with the trainer\'s own code.\n' +
     '  Reads one JSON case per line on stdin:\n' +
     '    {"alpha":0.5, "chosen":{"policyLogps":[...],"refLogps":[...],"sentenceIds":[0,0,1,-1],"similarity":[0.3,0.2]},\n' +
@@ -20,10 +18,8 @@ export const command: Command = {
     '  a malformed case gives {"error": ...} naming the field and the next case is still read (exit code 1).\n' +
     '  --explain prints a per-sentence table instead: PPL, S\', P\', w, m and each sentence\'s share of the margin.',
   async run(argv) {
-    const { values } = parse(argv, { explain: { type: 'boolean', default: false }, backend: { type: 'string', default: 'auto' } });
-    const backend = backendOption(values.backend);
+    const { values } = parse(argv, { explain: { type: 'boolean', default: false } });
     if (process.stdin.isTTY) process.stderr.write('aspo loss: reading cases from stdin (one JSON object per line; Ctrl-D to end)\n');
-    await initBackend(backend);
 
     let failures = 0;
     let lineNumber = 0;
