@@ -243,6 +243,34 @@ test('Parquet with {bytes, path} image structs, and Arrow IPC with a binary colu
   store.close();
 });
 
+test('hundreds of image rows (several decoding chunks): every good row kept once, in file order, each bad one rejected', async () => {
+  const dir = tempDir();
+  mkdirSync(path.join(dir, 'img'));
+  const distinct = 40;
+  for (let i = 0; i < distinct; i++) writeFileSync(path.join(dir, 'img', `${i}.png`), await png(i * 6, 255 - i * 6, (i * 37) % 256, 8 + i, 8));
+  writeFileSync(path.join(dir, 'img', 'broken.png'), (await png(1, 2, 3)).subarray(0, 40));
+  // 300 rows: images reused across chunk boundaries, a missing and a truncated image every 97 and 131 rows.
+  const rows = Array.from({ length: 300 }, (_, i) => ({
+    prompt: `q${i}`, chosen: 'c', rejected: 'r',
+    image: i % 97 === 50 ? 'img/missing.png' : i % 131 === 70 ? 'img/broken.png' : `img/${i % distinct}.png`,
+  }));
+  const bad = rows.flatMap((r, i) => (r.image.endsWith('missing.png') || r.image.endsWith('broken.png') ? [i] : []));
+  const dataset = path.join(dir, 'data.jsonl');
+  writeFileSync(dataset, jsonl(rows));
+  const store = await freshStore(dir);
+  const summary = await ingest(store, [dataset], { concurrency: 3 });
+  assert.deepEqual([summary.read, summary.ingested, summary.rejected, summary.newImages], [300, 300 - bad.length, bad.length, distinct]);
+  const kept = await store.all<{ source_row: number; prompt: string; image_id: string }>('SELECT source_row, prompt, image_id FROM pairs ORDER BY rowid');
+  const expectedRows = rows.flatMap((_, i) => (bad.includes(i) ? [] : [i]));
+  assert.deepEqual(kept.map((k) => k.source_row), expectedRows, 'pairs are stored in file order');
+  const { readFileSync } = await import('node:fs');
+  for (const k of kept) assert.equal(k.image_id, sha256Hex(readFileSync(path.join(dir, rows[Number(k.prompt.slice(1))]!.image))));
+  const rejected = await store.all<{ source_row: number; reason: string }>('SELECT source_row, reason FROM rejects ORDER BY source_row');
+  assert.deepEqual(rejected.map((r) => r.source_row), bad);
+  for (const r of rejected) assert.match(r.reason, rows[r.source_row]!.image.endsWith('missing.png') ? /not found/ : /cannot be decoded/);
+  store.close();
+});
+
 test('re-running an ingest adds nothing', async () => {
   const { store, dataset, summary } = await ingestRows([
     { prompt: 'p1', chosen: 'c', rejected: 'r', image: 'img/red.png' },

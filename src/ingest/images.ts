@@ -42,7 +42,11 @@ export const DEFAULT_MAX_PIXELS = 64_000_000;
 
 /** Resolves a path inside `root`, refusing anything that escapes it (`..`, absolute paths elsewhere, symlinks out). */
 export async function resolveInside(root: string, ref: string): Promise<string> {
-  const realRoot = await realpath(root);
+  return resolveInsideReal(await realpath(root), ref);
+}
+
+/** resolveInside for a root already resolved to its real path (a run resolves its root once, not per image). */
+async function resolveInsideReal(realRoot: string, ref: string): Promise<string> {
   const candidate = path.resolve(realRoot, ref);
   let real: string;
   try {
@@ -57,11 +61,11 @@ export async function resolveInside(root: string, ref: string): Promise<string> 
   return real;
 }
 
-/** The bytes an image reference points at, with a label for where they came from. */
-export async function loadImageBytes(ref: ImageRef, root: string): Promise<{ bytes: Uint8Array; origin: string }> {
+/** The bytes an image reference points at, with a label for where they came from; `realRoot` gives the root's real path. */
+export async function loadImageBytes(ref: ImageRef, realRoot: () => Promise<string>): Promise<{ bytes: Uint8Array; origin: string }> {
   if (ref.kind === 'url') throw new ImageError('refused', `image is a URL (${ref.url.slice(0, 80)}); no network fetches: download it and pass a path`);
   if (ref.kind === 'bytes') return { bytes: ref.bytes, origin: ref.path ?? '<bytes>' };
-  const file = await resolveInside(root, ref.path);
+  const file = await resolveInsideReal(await realRoot(), ref.path);
   try {
     return { bytes: await readFile(file), origin: ref.path };
   } catch (error) {

@@ -5,7 +5,7 @@
  * (after a kill, or on the same files) adds exactly the rows that are not there yet.
  */
 import { createHash } from 'node:crypto';
-import { stat } from 'node:fs/promises';
+import { realpath, stat } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import pLimit from 'p-limit';
@@ -124,6 +124,7 @@ export async function ingest(store: Store, files: readonly string[], options: In
     knownImages: await storedIds(store, 'SELECT image_id FROM images'),
     decoding: new Map(),
     limit: pLimit(options.concurrency ?? Math.max(2, os.availableParallelism() * 2)),
+    realRoots: new Map(),
     uncommittedRows: 0,
     rowsRead: 0,
   };
@@ -160,6 +161,8 @@ interface Run {
   /** Images of this run not yet written, by sha256: each distinct image is decoded once. */
   decoding: Map<string, Promise<StoredImage | ImageError>>;
   limit: ReturnType<typeof pLimit>;
+  /** Real paths of the image roots, resolved once each. */
+  realRoots: Map<string, Promise<string>>;
   uncommittedRows: number;
   /** Rows read so far, over all files (for progress). */
   rowsRead: number;
@@ -268,13 +271,23 @@ async function ingestBatches(run: Run, file: string, source: string, format: Fil
         rejects.push({ source, sourceRow: row.row, field: error.field, reason: error.message, raw: rawText(row) });
       }
     }
-    // Rows with images go through in smaller chunks, so that one chunk is written while the next is decoded.
+    // Rows with images go through in smaller chunks, so that one chunk is written while the next is decoded; the
+    // next chunk's images are queued before this one's are awaited, so the decoders never wait for a chunk's slowest
+    // image (and decoding runs at most one chunk ahead).
     const chunkSize = pending.some(({ pair }) => pair.image) ? IMAGE_CHUNK : Math.max(pending.length, 1);
+    const resolveChunk = (from: number) => {
+      const outcomes = Promise.all(pending.slice(from, from + chunkSize).map(({ pair }) => (pair.image ? resolveImage(run, pair.image, root) : null)));
+      outcomes.catch(() => {}); // it is awaited in turn; this only stops an early failure being reported as unhandled
+      return outcomes;
+    };
+    let resolving = resolveChunk(0);
     for (let from = 0; from === 0 || from < pending.length; from += chunkSize) {
       const chunk = pending.slice(from, from + chunkSize);
       const last = from + chunkSize >= pending.length;
       const chunkRejects = from === 0 ? rejects : [];
-      const outcomes = await Promise.all(chunk.map(({ pair }) => (pair.image ? resolveImage(run, pair.image, root) : null)));
+      const upcoming = last ? undefined : resolveChunk(from + chunkSize);
+      const outcomes = await resolving;
+      if (upcoming) resolving = upcoming;
       const ready = readyPairs(run, chunk, outcomes, chunkRejects, source);
       const images = [...new Map(outcomes.flatMap((o) => (o && !(o instanceof Error) && o.stored ? [[o.sha, o.stored] as const] : []))).values()];
       const rowsRead = last ? batch.rows.length : 0;
@@ -310,7 +323,10 @@ function resolveImage(run: Run, ref: ImageRef, root: string): Promise<ImageOutco
     let bytes: Uint8Array;
     let origin: string;
     try {
-      ({ bytes, origin } = await loadImageBytes(ref, root));
+      ({ bytes, origin } = await loadImageBytes(ref, () => {
+        if (!run.realRoots.has(root)) run.realRoots.set(root, realpath(root));
+        return run.realRoots.get(root)!;
+      }));
     } catch (error) {
       if (error instanceof ImageError) return error;
       throw error;
