@@ -309,6 +309,28 @@ describe('aspoLoss: the loss as one op in the caller\'s gradient tape (the train
     tf.dispose([batch.chosen.policyLogps, batch.rejected.policyLogps]);
   });
 
+  test('reference log-probs and similarity may be tensors too (read back once), with the same loss and gradients', () => {
+    const config = lossConfig({ detachWeights: false, refWeights: 'own' });
+    const { layout } = arrays;
+    const asTensor = (values: ArrayLike<number>, length: number) => tf.tensor2d(Float32Array.from(values), [layout.batch, length]);
+    const batch = withPolicyTensors(arrays);
+    const tensors = {
+      ...batch,
+      chosen: { ...batch.chosen, refLogps: asTensor(arrays.chosen.refLogps, layout.chosenLength) },
+      rejected: { ...batch.rejected, refLogps: asTensor(arrays.rejected.refLogps, layout.rejectedLength) },
+      similarity: asTensor(arrays.similarity!, layout.sentences.numSentences),
+    };
+    const gradsOf = (b: typeof batch) => tf.grads((chosen: tf.Tensor, rejected: tf.Tensor) => aspoLoss({
+      ...b, chosen: { ...b.chosen, policyLogps: chosen as tf.Tensor2D }, rejected: { ...b.rejected, policyLogps: rejected as tf.Tensor2D },
+    }, config).loss)([b.chosen.policyLogps, b.rejected.policyLogps]);
+    const [fromArrays, fromTensors] = [gradsOf(batch), gradsOf(tensors)];
+    // The arrays are float64 and the tensors float32: the same up to float32 rounding of the inputs.
+    for (const i of [0, 1]) assert.ok(maxAbsDiff(fromArrays[i]!.arraySync() as number[][], fromTensors[i]!.arraySync() as number[][]) < 1e-6);
+    const lossOf = (b: typeof batch) => tf.tidy(() => aspoLoss(b, config).values.loss);
+    assert.ok(Math.abs(lossOf(batch) - lossOf(tensors)) < 1e-6);
+    tf.dispose([...fromArrays, ...fromTensors, tensors.chosen.refLogps, tensors.rejected.refLogps, tensors.similarity, batch.chosen.policyLogps, batch.rejected.policyLogps]);
+  });
+
   test('the gradient reaches variables upstream of the log-probs (here: a per-token offset), and no tensor is left behind', () => {
     const config = lossConfig({ detachWeights: false, normalize: 'mass' });
     const batch = withPolicyTensors(arrays);

@@ -103,19 +103,20 @@ export function buildLayout(input: {
 /**
  * A batch of preference pairs: per-token log-probs, row-major and padded to the layout's lengths. Padding is
  * never read, so padded positions may hold anything (even −Infinity or NaN). `P` is how the policy's
- * log-probs are held: plain arrays for `lossForward`, tensors for the differentiable `aspoLoss`.
+ * log-probs are held and `D` the data's (reference log-probs, similarity): plain arrays for `lossForward`;
+ * for the differentiable `aspoLoss` the policy's are tensors and the data may be either.
  */
-export interface LossInputs<P> {
+export interface LossInputs<P, D = ArrayLike<number>> {
   layout: BatchLayout;
-  chosen: { policyLogps: P; refLogps: ArrayLike<number> };
-  rejected: { policyLogps: P; refLogps: ArrayLike<number> };
+  chosen: { policyLogps: P; refLogps: D };
+  rejected: { policyLogps: P; refLogps: D };
   /** S_i per chosen sentence, [batch · K]; needed when alpha > 0. */
-  similarity?: ArrayLike<number>;
+  similarity?: D;
 }
 
 export type LossArrays = LossInputs<ArrayLike<number>>;
 /** What a trainer passes: the policy's log-probs as [batch, length] tensors from its forward pass. */
-export type PreferenceBatch = LossInputs<tf.Tensor2D>;
+export type PreferenceBatch = LossInputs<tf.Tensor2D, ArrayLike<number> | tf.Tensor>;
 
 /** How the chosen response is weighted, per slot [batch · (K + 1)] (K sentences, then the tokens outside them). */
 export interface ChosenWeighting {
@@ -334,6 +335,11 @@ function weightGradient(config: AspoLossConfig, layout: SentenceLayout, w: Chose
   return grad;
 }
 
+/** Data given as a tensor, read back (row-major); arrays as they are. */
+function hostValues(values: ArrayLike<number> | tf.Tensor): ArrayLike<number> {
+  return values instanceof tf.Tensor ? values.dataSync() : values;
+}
+
 /** The differentiable loss plus its values (read back as numbers). */
 export interface AspoLossOutput {
   loss: tf.Scalar;
@@ -349,9 +355,10 @@ export function aspoLoss(batch: PreferenceBatch, config: AspoLossConfig = DEFAUL
   let values: LossValues | undefined;
   const op = tf.customGrad(((policyChosen: tf.Tensor, policyRejected: tf.Tensor) => {
     const inputs: LossArrays = {
-      ...batch,
-      chosen: { ...batch.chosen, policyLogps: policyChosen.dataSync() },
-      rejected: { ...batch.rejected, policyLogps: policyRejected.dataSync() },
+      layout: batch.layout,
+      chosen: { policyLogps: policyChosen.dataSync(), refLogps: hostValues(batch.chosen.refLogps) },
+      rejected: { policyLogps: policyRejected.dataSync(), refLogps: hostValues(batch.rejected.refLogps) },
+      similarity: batch.similarity && hostValues(batch.similarity),
     };
     const forward = lossForward(inputs, config);
     values = forward;
