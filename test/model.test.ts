@@ -141,8 +141,10 @@ function referenceLogProbs(config: ModelConfig, w: Record<string, Float32Array>,
     const mixed = h.map(() => new Float64Array(d));
     for (let head = 0; head < heads; head++) {
       for (let t = 0; t < h.length; t++) {
+        // an image head's keys are the visual tokens only
+        const last = head < (config.imageHeads ?? 0) ? Math.min(t, nVis - 1) : t;
         const scores: number[] = [];
-        for (let s = 0; s <= t; s++) {
+        for (let s = 0; s <= last; s++) {
           let dot = 0;
           for (let i = head * dh; i < (head + 1) * dh; i++) dot += q[t]![i]! * k[s]![i]!;
           scores.push(dot / Math.sqrt(dh));
@@ -150,7 +152,7 @@ function referenceLogProbs(config: ModelConfig, w: Record<string, Float32Array>,
         const max = Math.max(...scores);
         const e = scores.map((x) => Math.exp(x - max));
         const z = e.reduce((x, y) => x + y, 0);
-        for (let s = 0; s <= t; s++) {
+        for (let s = 0; s <= last; s++) {
           for (let i = head * dh; i < (head + 1) * dh; i++) mixed[t]![i]! += (e[s]! / z) * v[s]![i]!;
         }
       }
@@ -195,8 +197,8 @@ test('the benchmark configuration has the issue\'s ≈0.97 M parameters', () => 
   model.dispose();
 });
 
-for (const [stemChannels, patchHidden] of [[0, 0], [3, 0], [0, 5], [3, 5]] as const) test(`log-probs match an independent float64 forward pass (with image, without image; stem ${stemChannels}, patch hidden ${patchHidden})`, async () => {
-  const config = { ...TINY, layers: 2, imageSize: 16, patchSize: 8, stemChannels, patchHidden };
+for (const [stemChannels, patchHidden, imageHeads] of [[0, 0, 0], [3, 0, 0], [0, 5, 0], [3, 5, 0], [3, 0, 1], [0, 5, 2]] as const) test(`log-probs match an independent float64 forward pass (with image, without image; stem ${stemChannels}, patch hidden ${patchHidden}, image heads ${imageHeads})`, async () => {
+  const config = { ...TINY, layers: 2, imageSize: 16, patchSize: 8, stemChannels, patchHidden, imageHeads };
   const model = VisionLanguageModel.init(config, 7);
   const weights = await model.values();
   const image = randomImage(3, config);
@@ -212,8 +214,20 @@ for (const [stemChannels, patchHidden] of [[0, 0], [3, 0], [0, 5], [3, 5]] as co
   model.dispose();
 });
 
-test('shapes and mask of a padded batch; padding never changes a row\'s log-probs', async () => {
-  const model = VisionLanguageModel.init(TINY, 11);
+test('imageHeads 0 is the model without image heads: same weights, same log-probs', async () => {
+  const without = VisionLanguageModel.init(TINY, 9);
+  const zero = VisionLanguageModel.init({ ...TINY, imageHeads: 0 }, 9);
+  assert.deepEqual(parameterShapes(zero.config), parameterShapes(without.config));
+  assert.deepEqual(await zero.values(), await without.values());
+  const batch = { images: imagesTensor([randomImage(4)]), promptIds: [[5, 6]], responseIds: [[7, 8, 9]] };
+  assert.deepEqual((await logProbs(zero, batch)).logps, (await logProbs(without, batch)).logps);
+  tf.dispose(batch.images);
+  without.dispose();
+  zero.dispose();
+});
+
+for (const extra of [{}, { imageHeads: 1 }]) test(`shapes and mask of a padded batch; padding never changes a row's log-probs (${JSON.stringify(extra)})`, async () => {
+  const model = VisionLanguageModel.init({ ...TINY, ...extra }, 11);
   const rows = [
     { image: randomImage(1), prompt: [5], response: [6, 7] },
     { image: randomImage(2), prompt: [8, 9, 10, 11], response: [12, 13, 14, 15, 16] },

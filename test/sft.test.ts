@@ -154,7 +154,7 @@ test('aspo train --objective sft writes a checkpoint, runs and train_metrics row
   const db = path.join(dir, 'aspo.duckdb');
   const args = [CLI, 'train', '--objective', 'sft', '--data', dataDir, '--out', out, '--db', db, '--steps', '4',
     '--batch-size', '8', '--width', '16', '--layers', '1', '--heads', '2', '--context', '28', '--stem-channels', '4',
-    '--log-every', '2', '--backend', 'wasm'];
+    '--image-heads', '1', '--log-every', '2', '--backend', 'wasm'];
   const run = spawnSync(process.execPath, args, { encoding: 'utf8' });
   assert.equal(run.status, 0, run.stderr);
   assert.match(run.stderr, /backend wasm/);
@@ -173,6 +173,7 @@ test('aspo train --objective sft writes a checkpoint, runs and train_metrics row
     assert.equal(runs[0]!.run_id, summary.runId);
     assert.equal(runs[0]!.status, 'finished');
     assert.equal(await store.scalar("SELECT config->>'$.model.stemChannels' FROM runs"), '4');
+    assert.equal(await store.scalar("SELECT config->>'$.model.imageHeads' FROM runs"), '1');
     const steps = await store.all<{ step: number }>(
       "SELECT step FROM train_metrics WHERE split = 'train' AND name = 'loss' ORDER BY step");
     assert.deepEqual(steps.map((r) => r.step), [2, 4]);

@@ -40,6 +40,11 @@ export interface ModelConfig {
    * out the scale a linear projection of an object's pixels would carry its size in). Absent in older configs: 0.
    */
   patchHidden?: number;
+  /**
+   * The first this-many heads of every layer attend to the visual tokens only (text positions cannot see text in
+   * them), so those heads can only look things up in the image. Absent in older configs: 0.
+   */
+  imageHeads?: number;
 }
 
 /** The benchmark configuration of the model issue (≈0.97 M parameters with a 512-token vocabulary). */
@@ -56,6 +61,9 @@ export function validateModelConfig(input: ModelConfig): ModelConfig {
   const config = { ...input, stemChannels: input.stemChannels ?? 0 };
   if (config.patchHidden !== undefined && (!Number.isInteger(config.patchHidden) || config.patchHidden < 0)) {
     throw new Error(`model config: patchHidden must be an integer ≥ 0, got ${config.patchHidden}`);
+  }
+  if (config.imageHeads !== undefined && (!Number.isInteger(config.imageHeads) || config.imageHeads < 0 || config.imageHeads > config.heads)) {
+    throw new Error(`model config: imageHeads must be an integer from 0 to heads (${config.heads}), got ${config.imageHeads}`);
   }
   if (!Number.isInteger(config.stemChannels) || config.stemChannels < 0) {
     throw new Error(`model config: stemChannels must be an integer ≥ 0, got ${config.stemChannels}`);
@@ -222,7 +230,7 @@ export function initialValues(config: ModelConfig, seed: number): Record<string,
 }
 
 export class VisionLanguageModel {
-  private readonly causalMasks = new Map<number, tf.Tensor2D>();
+  private readonly causalMasks = new Map<number, tf.Tensor>();
 
   private constructor(readonly config: ModelConfig, readonly weights: Weights) {}
 
@@ -266,13 +274,25 @@ export class VisionLanguageModel {
     return this.weights[name]!;
   }
 
-  /** 0 on and below the diagonal, -1e9 above: position t attends to positions ≤ t. */
-  private causalMask(length: number): tf.Tensor2D {
+  /**
+   * 0 on and below the diagonal, -1e9 above: position t attends to positions ≤ t. [T, T], or with image heads
+   * [heads, T, T], where the first imageHeads heads also get -1e9 on every key past the visual tokens.
+   */
+  private causalMask(length: number): tf.Tensor {
     let mask = this.causalMasks.get(length);
     if (!mask) {
       const data = new Float32Array(length * length);
       for (let i = 0; i < length; i++) for (let j = i + 1; j < length; j++) data[i * length + j] = -1e9;
-      mask = tf.keep(tf.tensor2d(data, [length, length]));
+      const imageHeads = this.config.imageHeads ?? 0;
+      if (imageHeads === 0) mask = tf.keep(tf.tensor2d(data, [length, length]));
+      else {
+        const n = visualTokenCount(this.config);
+        const image = data.slice();
+        for (let i = 0; i < length; i++) for (let j = n; j < length; j++) image[i * length + j] = -1e9;
+        const all = new Float32Array(this.config.heads * length * length);
+        for (let h = 0; h < this.config.heads; h++) all.set(h < imageHeads ? image : data, h * length * length);
+        mask = tf.keep(tf.tensor3d(all, [this.config.heads, length, length]));
+      }
       this.causalMasks.set(length, mask);
     }
     return mask;
@@ -516,9 +536,9 @@ export const layerNorm = tf.customGrad(((x: tf.Tensor2D, g: tf.Tensor1D, b: tf.T
 /**
  * softmax(scores · scale + mask) over the last axis, differentiated with respect to the scores only:
  * d scores = scale · p · (dp − Σ dp·p). Autodiff would also reduce the gradient onto the constant
- * scale and the [T, T] mask, two passes over the largest activation of the step.
+ * scale and the mask, two passes over the largest activation of the step.
  */
-export function causalSoftmax(scores: tf.Tensor4D, scale: number, mask: tf.Tensor2D): tf.Tensor4D {
+export function causalSoftmax(scores: tf.Tensor4D, scale: number, mask: tf.Tensor): tf.Tensor4D {
   const op = tf.customGrad(((raw: tf.Tensor4D, save: tf.GradSaveFunc) => {
     const p = tf.softmax(tf.add(tf.mul(raw, scale), mask));
     save([p]);

@@ -64,6 +64,7 @@ const OBJECTIVES: Record<string, Objective> = {
       'image-size': { type: 'string' },
       'vocab-size': { type: 'string' },
       'stem-channels': { type: 'string' },
+      'image-heads': { type: 'string' },
     },
     run: runSftCommand,
   },
@@ -86,6 +87,7 @@ const USAGE = Object.values(OBJECTIVES).map((o) => o.usage).join('\n') + '\n\n' 
   `  --width/--layers/--heads/--context/--mlp-ratio   model shape (default ${d.model.width}/${d.model.layers}/` +
   `${d.model.heads}/${d.model.context}/${d.model.mlpRatio}; context counts ${(d.model.imageSize / d.model.patchSize) ** 2} visual tokens)\n` +
   `  --stem-channels N  channels of the convolutional image stem; 0 projects raw patches (default ${d.model.stemChannels})\n` +
+  `  --image-heads N    heads per layer that attend to the visual tokens only, at most --heads (default: half of --heads, ${Math.floor(d.model.heads / 2)})\n` +
   `  --vocab-size N     tokenizer vocabulary cap (default ${d.vocabSize})\n` +
   `  --eval-every/--save-every/--log-every N   steps (default ${d.evalEvery}/${d.saveEvery}/${d.logEvery})\n\n` +
   '  Preference training (dpo, aspo) starts the policy from the --ref checkpoint and trains on the pairs of a shard\n' +
@@ -141,16 +143,19 @@ function positive(values: Values, name: string, fallback: number, allowZero = fa
 
 function sftOptions(values: Values): SftOptions {
   if (!values.data) throw new UsageError('give --data (a dataset folder or an sft.jsonl file)');
+  const heads = integer(values, 'heads', d.model.heads);
   const model = {
     ...d.model,
     width: integer(values, 'width', d.model.width),
     layers: integer(values, 'layers', d.model.layers),
-    heads: integer(values, 'heads', d.model.heads),
+    heads,
     context: integer(values, 'context', d.model.context),
     mlpRatio: integer(values, 'mlp-ratio', d.model.mlpRatio),
     patchSize: integer(values, 'patch-size', d.model.patchSize),
     imageSize: integer(values, 'image-size', d.model.imageSize),
     stemChannels: integer(values, 'stem-channels', d.model.stemChannels, 0),
+    // by default half the heads (2 of the default 4) read the image only; the rest keep the text
+    imageHeads: integer(values, 'image-heads', Math.floor(heads / 2), 0),
   };
   return {
     data: values.data as string,
