@@ -1,6 +1,7 @@
 import {
   checkPair, LOSS_CONFIG_KEYS, lossConfig, lossForward, lossGradients, packPairs, slotTerm, type AspoLossConfig, type PairArrays,
 } from './loss.js';
+import { slotSums } from './weights.js';
 
 /**
  * One loss "case" as `aspo loss` reads it: a single preference pair as plain JSON arrays plus loss
@@ -118,19 +119,18 @@ export function evaluateLossCase(lossCase: LossCase): LossCaseEvaluation {
   const orNull = (list: number[] | undefined) => (list && present ? list.map((v, k) => (present[k] ? v : null)) : []);
   const weights = row(s?.weights);
   const multipliers = row(s?.multipliers);
-  const ids = pair.chosen.sentenceIds;
-  const length = ids.length;
+  const length = pair.chosen.sentenceIds.length;
 
-  // The margin split by slot: β × the chosen side's terms of slot k (DPO: its tokens' log-ratios).
-  const contribution = (slot: (id: number) => boolean, k: number) => (w
-    ? config.beta * slotTerm(w, k)
-    : pair.chosen.policyLogps.reduce((acc, p, t) => (slot(ids[t]!) ? acc + config.beta * (p - pair.chosen.refLogps[t]!) : acc), 0));
+  // The margin split by slot (slot K: tokens outside every sentence): β × the chosen side's term of slot k, which
+  // for DPO is the slot's log-ratio sum.
+  const dpoSums = w ? undefined : slotSums(batch.chosen.policyLogps, batch.chosen.refLogps, batch.layout.sentences);
+  const contribution = (k: number) => config.beta * (w ? slotTerm(w, k) : dpoSums!.policy[k]! - dpoSums!.ref[k]!);
   const perplexity = row(s?.perplexity);
   const similarityNorm = row(s?.similarityNorm);
   const perplexityNorm = row(s?.perplexityNorm);
   const sentences: SentenceExplanation[] = [];
   for (let k = 0; k < slots; k++) {
-    const tokens = ids.filter((id) => id === k).length;
+    const tokens = batch.layout.sentences.counts[k]!;
     if (tokens === 0) continue;
     sentences.push({
       index: k,
@@ -142,7 +142,7 @@ export function evaluateLossCase(lossCase: LossCase): LossCaseEvaluation {
       perplexityNorm: perplexityNorm?.[k],
       weight: weights?.[k] ?? 0,
       multiplier: multipliers?.[k] ?? 1,
-      contribution: contribution((id) => id === k, k),
+      contribution: contribution(k),
     });
   }
   const evaluation: LossCaseEvaluation = {
@@ -156,7 +156,7 @@ export function evaluateLossCase(lossCase: LossCase): LossCaseEvaluation {
       gradPolicyRejected: Array.from(grads.rejected.subarray(0, pair.rejected.policyLogps.length)),
     },
     sentences,
-    outsideContribution: contribution((id) => id < 0, slots),
+    outsideContribution: contribution(slots),
     rejectedContribution: -values.rejectedRewards[0]!,
   };
   return evaluation;

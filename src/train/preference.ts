@@ -372,7 +372,7 @@ export class PreferenceTrainer {
     const ref = this.referenceLogProbs(host, t);
     const logps = tf.tidy(() => this.sideLogProbs(this.policy, host, t));
     const policy = logps.map((side) => side.dataSync()) as [Float32Array, Float32Array];
-    tf.dispose([...logps, ...(t.images ? [t.images] : [])]);
+    tf.dispose([...logps, t.images ?? []]);
     return lossMetrics(lossForward(this.lossInputs(t, host, policy, ref), this.options.loss));
   }
 
@@ -392,7 +392,7 @@ export class PreferenceTrainer {
     for (const [tfName, g] of Object.entries(grads)) byName[names.get(tfName)!] = g;
     const lr = learningRate(this.step, this.totalSteps, this.options);
     const gradNorm = this.optimizer.apply(byName, lr);
-    tf.dispose([value, ...Object.values(grads), ...(t.images ? [t.images] : [])]);
+    tf.dispose([value, ...Object.values(grads), t.images ?? []]);
     this.step += 1;
     return { step: this.step, metrics: lossMetrics(values!), lr, gradNorm, pairs: host.pairs };
   }
