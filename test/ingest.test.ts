@@ -195,6 +195,37 @@ test('every kind of bad row is rejected with its row and field, and the good row
   store.close();
 });
 
+test('symlinks: a linked folder leading out is refused, links that stay inside are followed; damage near the end of an image is caught', async () => {
+  const dir = tempDir();
+  mkdirSync(path.join(dir, 'img', 'sub'), { recursive: true });
+  const inside = await png(10, 20, 30, 40, 30);
+  writeFileSync(path.join(dir, 'img', 'sub', 'real.png'), inside);
+  symlinkSync(path.join(dir, 'img', 'sub', 'real.png'), path.join(dir, 'img', 'alias.png'));
+  symlinkSync(path.join(dir, 'img', 'sub'), path.join(dir, 'img', 'linked-sub'));
+  const outside = tempDir();
+  writeFileSync(path.join(outside, 'secret.png'), await png(9, 9, 9));
+  symlinkSync(outside, path.join(dir, 'img', 'out'));
+  // A noisy JPEG whose last tenth is cut off: the header and most scanlines are intact.
+  const noise = Buffer.from(Array.from({ length: 256 * 256 * 3 }, (_, i) => (i * 7919) % 251));
+  const jpeg = await sharp(noise, { raw: { width: 256, height: 256, channels: 3 } }).jpeg({ quality: 95 }).toBuffer();
+  writeFileSync(path.join(dir, 'img', 'cut.jpg'), jpeg.subarray(0, Math.floor(jpeg.length * 0.9)));
+  const rows = ['img/alias.png', 'img/linked-sub/real.png', 'img/out/secret.png', 'img/out/absent.png', 'img/cut.jpg']
+    .map((image, i) => ({ prompt: `p${i}`, chosen: 'c', rejected: 'r', image }));
+  const dataset = path.join(dir, 'links.jsonl');
+  writeFileSync(dataset, jsonl(rows));
+  const store = await freshStore(dir);
+  const summary = await ingest(store, [dataset]);
+  assert.deepEqual([summary.ingested, summary.rejected, summary.newImages], [2, 3, 1]);
+  const kept = await store.all<{ source_row: number; image_id: string }>('SELECT source_row, image_id FROM pairs ORDER BY source_row');
+  assert.deepEqual(kept, [{ source_row: 0, image_id: sha256Hex(inside) }, { source_row: 1, image_id: sha256Hex(inside) }]);
+  const rejects = await store.all<{ source_row: number; reason: string }>('SELECT source_row, reason FROM rejects ORDER BY source_row');
+  assert.deepEqual(rejects.map((r) => r.source_row), [2, 3, 4]);
+  assert.match(rejects[0]!.reason, /img\/out\/secret\.png resolves outside the image root/);
+  assert.match(rejects[1]!.reason, /img\/out\/absent\.png resolves outside the image root/);
+  assert.match(rejects[2]!.reason, /img\/cut\.jpg cannot be decoded/);
+  store.close();
+});
+
 test('--missing-images drop keeps the pair text-only, and two pairs differing only in a missing image stay two', async () => {
   const { store, summary } = await ingestRows([
     { prompt: 'p', chosen: 'c', rejected: 'r', image: 'gone/a.jpg' },

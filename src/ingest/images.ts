@@ -4,7 +4,8 @@
  * sha256 of its bytes so each distinct image is stored once.
  */
 import { sha256Hex } from '../util/hash.js';
-import { readFile, realpath } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { open, readFile, realpath, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import sharp, { type OutputInfo } from 'sharp';
 import type { ImageRef } from './rows.js';
@@ -52,25 +53,88 @@ async function resolveInsideReal(realRoot: string, ref: string): Promise<string>
   try {
     real = await realpath(candidate);
   } catch {
-    throw new ImageError('missing', `image file not found: ${ref} (looked in ${realRoot}; pass --images DIR for another folder)`);
+    throw missingImage(ref, realRoot);
   }
+  refuseOutside(realRoot, real, ref);
+  return real;
+}
+
+function missingImage(ref: string, realRoot: string): ImageError {
+  return new ImageError('missing', `image file not found: ${ref} (looked in ${realRoot}; pass --images DIR for another folder)`);
+}
+
+function refuseOutside(realRoot: string, real: string, ref: string): void {
   const relative = path.relative(realRoot, real);
   if (relative.startsWith('..') || path.isAbsolute(relative)) {
     throw new ImageError('refused', `image path ${ref} resolves outside the image root ${realRoot}; refused`);
   }
-  return real;
 }
 
-/** The bytes an image reference points at, with a label for where they came from; `realRoot` gives the root's real path. */
-export async function loadImageBytes(ref: ImageRef, realRoot: () => Promise<string>): Promise<{ bytes: Uint8Array; origin: string }> {
+/**
+ * Where a run's image files are read from: the real path of the root and of each folder under it, resolved once each.
+ * A file is opened without following a final symlink, so a plain file needs only its folder's (cached) real path to
+ * be proven inside the root; a symlinked file is resolved in full.
+ */
+export class ImageRoot {
+  private real: Promise<string> | undefined;
+  private readonly folders = new Map<string, Promise<string | null>>();
+
+  constructor(readonly root: string) {}
+
+  realRoot(): Promise<string> {
+    this.real ??= realpath(this.root);
+    return this.real;
+  }
+
+  async read(ref: string): Promise<Uint8Array> {
+    const realRoot = await this.realRoot();
+    const candidate = path.resolve(realRoot, ref);
+    const folder = path.dirname(candidate);
+    let realFolder = this.folders.get(folder);
+    if (!realFolder) {
+      realFolder = realpath(folder).catch(() => null);
+      this.folders.set(folder, realFolder);
+    }
+    const resolvedFolder = await realFolder;
+    if (resolvedFolder === null) throw missingImage(ref, realRoot);
+    refuseOutside(realRoot, resolvedFolder, ref);
+    let file: FileHandle;
+    try {
+      file = await open(path.join(resolvedFolder, path.basename(candidate)), constants.O_RDONLY | constants.O_NOFOLLOW);
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') throw missingImage(ref, realRoot);
+      // ELOOP: the file itself is a symlink, which may point anywhere
+      if (code === 'ELOOP') return readImageFile(await resolveInsideReal(realRoot, ref), ref);
+      throw unreadableImage(ref, error);
+    }
+    try {
+      return await file.readFile();
+    } catch (error) {
+      throw unreadableImage(ref, error);
+    } finally {
+      await file.close();
+    }
+  }
+}
+
+function unreadableImage(ref: string, error: unknown): ImageError {
+  return new ImageError('unreadable', `cannot read image ${ref}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
+}
+
+async function readImageFile(file: string, ref: string): Promise<Uint8Array> {
+  try {
+    return await readFile(file);
+  } catch (error) {
+    throw unreadableImage(ref, error);
+  }
+}
+
+/** The bytes an image reference points at, with a label for where they came from. */
+export async function loadImageBytes(ref: ImageRef, root: ImageRoot): Promise<{ bytes: Uint8Array; origin: string }> {
   if (ref.kind === 'url') throw new ImageError('refused', `image is a URL (${ref.url.slice(0, 80)}); no network fetches: download it and pass a path`);
   if (ref.kind === 'bytes') return { bytes: ref.bytes, origin: ref.path ?? '<bytes>' };
-  const file = await resolveInsideReal(await realRoot(), ref.path);
-  try {
-    return { bytes: await readFile(file), origin: ref.path };
-  } catch (error) {
-    throw new ImageError('unreadable', `cannot read image ${ref.path}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
-  }
+  return { bytes: await root.read(ref.path), origin: ref.path };
 }
 
 /** The common formats from their signatures, saving sharp a header parse; undefined for the rest. */
@@ -92,7 +156,9 @@ export async function decodeImage(bytes: Uint8Array, origin: string, options: Pi
   try {
     const image = sharp(bytes, { limitInputPixels, failOn: 'error' });
     format ??= (await image.metadata()).format;
-    ({ info } = await image.raw().toBuffer({ resolveWithObject: true }));
+    // Every pixel is decoded (so truncation and corruption anywhere fail here), but only one band is copied out:
+    // the pixels themselves are not needed, and the copy into JavaScript is a tenth of the decoding time.
+    ({ info } = await image.extractChannel(0).raw().toBuffer({ resolveWithObject: true }));
   } catch (error) {
     const message = (error as Error).message;
     if (/pixel limit/i.test(message)) throw new ImageError('refused', `image ${origin} has more than ${limitInputPixels} pixels; refused (raise --max-pixels if it is genuine)`);

@@ -5,14 +5,14 @@
  * (after a kill, or on the same files) adds exactly the rows that are not there yet.
  */
 import { createHash } from 'node:crypto';
-import { realpath, stat } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import pLimit from 'p-limit';
 import type { Store } from '../store/store.js';
 import { sha256Hex } from '../util/hash.js';
 import { dropStage, firstFastLines, insertFastPairs, looksSimple, readableByDuckDb, routedLines, stageLines } from './fast.js';
-import { decodeImage, ImageError, loadImageBytes, type StoredImage } from './images.js';
+import { decodeImage, ImageError, ImageRoot, loadImageBytes, type StoredImage } from './images.js';
 import { detectFileFormat, lineRow, readRows, type FileFormat, type RowBatch, type SourceRow } from './readers.js';
 import { readRow, RowError, type ImageRef, type RawPair, type RowLayout } from './rows.js';
 
@@ -124,7 +124,7 @@ export async function ingest(store: Store, files: readonly string[], options: In
     knownImages: await storedIds(store, 'SELECT image_id FROM images'),
     decoding: new Map(),
     limit: pLimit(options.concurrency ?? Math.max(2, os.availableParallelism() * 2)),
-    realRoots: new Map(),
+    imageRoots: new Map(),
     uncommittedRows: 0,
     rowsRead: 0,
   };
@@ -161,8 +161,8 @@ interface Run {
   /** Images of this run not yet written, by sha256: each distinct image is decoded once. */
   decoding: Map<string, Promise<StoredImage | ImageError>>;
   limit: ReturnType<typeof pLimit>;
-  /** Real paths of the image roots, resolved once each. */
-  realRoots: Map<string, Promise<string>>;
+  /** The image roots of this run, each resolving its real paths once. */
+  imageRoots: Map<string, ImageRoot>;
   uncommittedRows: number;
   /** Rows read so far, over all files (for progress). */
   rowsRead: number;
@@ -323,10 +323,9 @@ function resolveImage(run: Run, ref: ImageRef, root: string): Promise<ImageOutco
     let bytes: Uint8Array;
     let origin: string;
     try {
-      ({ bytes, origin } = await loadImageBytes(ref, () => {
-        if (!run.realRoots.has(root)) run.realRoots.set(root, realpath(root));
-        return run.realRoots.get(root)!;
-      }));
+      let imageRoot = run.imageRoots.get(root);
+      if (!imageRoot) run.imageRoots.set(root, imageRoot = new ImageRoot(root));
+      ({ bytes, origin } = await loadImageBytes(ref, imageRoot));
     } catch (error) {
       if (error instanceof ImageError) return error;
       throw error;
