@@ -33,7 +33,7 @@ export interface IngestOptions {
   /** Rows per transaction. Larger is faster (DuckDB writes big transactions straight to the file, small ones through
    *  its log); a killed run redoes at most this many rows. */
   commitRows?: number;
-  /** DuckDB's memory limit while ingesting (default 256MB; its own default, 80% of RAM, lets a large load grow its
+  /** DuckDB's memory limit while ingesting (default 512MB; its own default, 80% of RAM, lets a large load grow its
    *  buffer pool far beyond what the load needs). Restored afterwards. */
   duckdbMemory?: string;
   /** Images read and decoded at once. */
@@ -87,7 +87,7 @@ export const DEFAULT_BATCH_SIZE = 5000;
 export const DEFAULT_COMMIT_ROWS = 100_000;
 const MAX_QUEUED_BATCHES = 2;
 const IMAGE_CHUNK = 128;
-export const DEFAULT_DUCKDB_MEMORY = '256MB';
+export const DEFAULT_DUCKDB_MEMORY = '512MB';
 
 /** A pair ready to store: its content hash and its resolved image. */
 interface ReadyPair extends RawPair {

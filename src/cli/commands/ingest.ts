@@ -17,7 +17,7 @@ export const command: Command = {
   --max-pixels N      refuse images with more pixels (default 64000000)
   --batch-size N      rows read and written at a time (default 5000)
   --commit-rows N     rows per transaction (default 100000); a killed run redoes at most this many
-  --duckdb-memory M   DuckDB's memory limit while ingesting (default 256MB)
+  --duckdb-memory M   DuckDB's memory limit while ingesting (default 512MB)
   --no-fast-path      read every row in JavaScript (by default DuckDB reads simple JSON Lines rows itself: same result, faster)
   --strict            exit with status 3 if any row was rejected
 
