@@ -7,7 +7,8 @@
  *
  * Also measured in the same run, to say what limits the step: the forward pass alone, a profile
  * of one step by kernel group, and the rate of the dense products (the step's ceiling if every
- * other kernel were free).
+ * other kernel were free); and, on the single-threaded backends, the same step with the batch
+ * sharded over one gradient worker per spare core (`aspo train --workers auto`).
  *
  *   npx tsc -p . && node dist/bench/model.js [--backends wasm,cpu] [--steps 5] [--cpu-steps 1]
  */
@@ -16,7 +17,8 @@ import os from 'node:os';
 import { initBackend, tf, type BackendName } from '../src/train/backend.js';
 import { DEFAULT_MODEL_CONFIG, VisionLanguageModel } from '../src/train/model.js';
 import { AdamW } from '../src/train/optimizer.js';
-import { sftLoss, type Batch } from '../src/train/sft.js';
+import { batchGradient, sftLoss, type Batch } from '../src/train/sft.js';
+import { autoWorkers, GradientWorkers } from '../src/train/parallel.js';
 import { Rng } from '../src/util/random.js';
 
 const REFERENCE_TOKENS_PER_S = 13_000;
@@ -40,16 +42,15 @@ function median(values: number[]): number {
   return sorted[Math.floor(sorted.length / 2)]!;
 }
 
-async function trainStep(model: VisionLanguageModel, optimizer: AdamW, batch: Batch): Promise<number> {
-  const names = new Map(Object.entries(model.weights).map(([name, w]) => [w.name, name]));
+/** One step as the SFT trainer takes it (with `workers`: the batch sharded over this thread and the workers). */
+async function trainStep(model: VisionLanguageModel, optimizer: AdamW, batch: Batch, workers?: GradientWorkers): Promise<number> {
   const start = performance.now();
-  const { value, grads } = tf.variableGrads(() => sftLoss(model, batch), Object.values(model.weights));
-  const byName = Object.fromEntries(Object.entries(grads).map(([k, g]) => [names.get(k)!, g]));
+  const { grads } = await batchGradient(model, batch, workers);
+  const byName: Record<string, tf.Tensor> = {};
+  for (const [name, g] of Object.entries(grads)) byName[name] = tf.tensor(g, model.weights[name]!.shape, 'float32');
   optimizer.apply(byName, 1e-4);
-  await value.data();
-  const elapsed = performance.now() - start;
-  tf.dispose([value, ...Object.values(grads)]);
-  return elapsed;
+  tf.dispose(Object.values(byName));
+  return performance.now() - start;
 }
 
 /**
@@ -111,6 +112,21 @@ async function benchBackend(name: BackendName, steps: number): Promise<void> {
     `with everything else free: ${(TEXT_TOKENS / (dense / 1000)).toFixed(0)} tokens/s`);
   console.log(`  forward+backward kernels  ${total.toFixed(0)} ms in ${kernels} kernel calls:`);
   for (const [group, ms] of Object.entries(groups)) console.log(`    ${group.padEnd(30)} ${ms.toFixed(0).padStart(6)} ms  ${(100 * ms / total).toFixed(0)}%`);
+  const extra = autoWorkers(backend);
+  if (extra > 0) {
+    // Data parallelism, as `aspo train --workers auto` runs it: the same steps with the batch sharded over threads.
+    const workers = await GradientWorkers.start(extra, { config: model.config, backend });
+    const parallelWarm = await trainStep(model, optimizer, batch, workers);
+    const parallel: number[] = [];
+    for (let i = 0; i < steps; i++) parallel.push(await trainStep(model, optimizer, batch, workers));
+    await workers.close();
+    const parallelStep = median(parallel);
+    const parallelRate = TEXT_TOKENS / (parallelStep / 1000);
+    console.log(`  with ${extra} gradient worker${extra > 1 ? 's' : ''} (${extra + 1} threads; first step ${parallelWarm.toFixed(0)} ms):`);
+    console.log(`    step (median of ${steps})    ${parallelStep.toFixed(0)} ms   [${parallel.map((t) => t.toFixed(0)).join(', ')}]`);
+    console.log(`    text tokens/s           ${parallelRate.toFixed(0)}  (${(step / parallelStep).toFixed(2)}× one thread; ` +
+      `${(parallelRate / REFERENCE_TOKENS_PER_S).toFixed(3)}× the PyTorch reference)`);
+  }
   optimizer.dispose();
   model.dispose();
 }

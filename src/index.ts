@@ -28,6 +28,7 @@ export { saveCheckpoint, loadCheckpoint, loadModel, hasCheckpoint, CHECKPOINT_FO
 export { loadImagePixels, pixelsToInput, stackImages } from './train/images.js';
 export { SftTrainer, runSft, readSftData, readSftFile, readEvalFile, encodePromptResponse, sftLoss, DEFAULT_SFT_OPTIONS, type SftOptions, type SftExample, type EvalExample, type SftResult, type EvalStats, type StepStats } from './train/sft.js';
 export { PreferenceTrainer, runPreference, collatePairs, DEFAULT_PREFERENCE_OPTIONS, PREFERENCE_OBJECTIVES, type PreferenceOptions, type PreferenceObjective, type PreferenceResult, type PreferenceEvalStats, type PreferenceStepStats, type RefSource } from './train/preference.js';
+export { GradientWorkers, autoWorkers, shardBatch, combineShards, type ShardGradient } from './train/parallel.js';
 export { StoreMetrics, MemoryMetrics, newRunId, type MetricsSink, type RunInfo } from './train/metrics.js';
 export { TRAIN_SCHEMA } from './train/schema.js';
 export { ClipEncoder, ClipModelError, CLIP_MODEL_FILES, fitToContext, normalizeRows, onnxRuntimeHasCuda, type ClipDevice, type ClipLoadOptions, type TextBatch, type PreprocessedImages } from './score/clip.js';

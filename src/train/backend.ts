@@ -39,6 +39,9 @@ let chosen: string | undefined;
  * Returns the name actually in use. Later calls return the first choice.
  */
 export async function initBackend(requested: BackendName = 'auto'): Promise<string> {
+  if (requested !== 'auto' && !BACKENDS.includes(requested)) {
+    throw new Error(`unknown TensorFlow.js backend "${requested}"; use auto or one of ${BACKENDS.join(', ')}`);
+  }
   if (chosen && (requested === 'auto' || requested === chosen)) return chosen;
   const order = requested === 'auto' ? BACKENDS : [requested];
   for (const name of order) {

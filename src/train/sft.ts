@@ -15,6 +15,7 @@ import { loadImagePixels, stackImages } from './images.js';
 import { deriveSeed, Rng } from '../util/random.js';
 import { newRunId, type MetricsSink } from './metrics.js';
 import { runLoop } from './loop.js';
+import { combineShards, GradientWorkers, shardBatch, type ShardGradient } from './parallel.js';
 
 /** One training row; `image` is an absolute path or null (text only). */
 export interface SftExample {
@@ -209,6 +210,35 @@ export function sftLoss(model: VisionLanguageModel, batch: Batch): tf.Scalar {
   });
 }
 
+/** Response tokens (with EOS) of a batch: what sftLoss averages over. */
+export function lossTokens(batch: Batch): number {
+  return batch.responseIds.reduce((n, r) => n + r.length + 1, 0);
+}
+
+/** sftLoss on `batch` and its gradient by weight name, as arrays (what a gradient worker sends back). */
+export async function shardGradient(model: VisionLanguageModel, batch: Batch): Promise<ShardGradient> {
+  const names = new Map(Object.entries(model.weights).map(([name, w]) => [w.name, name]));
+  const { value, grads } = tf.variableGrads(() => sftLoss(model, batch), Object.values(model.weights));
+  const out: Record<string, Float32Array> = {};
+  for (const [tfName, g] of Object.entries(grads)) out[names.get(tfName)!] = (await g.data()) as Float32Array;
+  const loss = (await value.data())[0]!;
+  tf.dispose([value, ...Object.values(grads)]);
+  return { grads: out, loss, tokens: lossTokens(batch) };
+}
+
+/**
+ * sftLoss on `batch` and its gradient, computed on this thread alone or, with `workers`, on shards of the batch on
+ * this thread and each worker at once.
+ */
+export async function batchGradient(model: VisionLanguageModel, batch: Batch, workers?: GradientWorkers):
+  Promise<{ grads: Record<string, Float32Array>; loss: number }> {
+  const [own, ...others] = shardBatch(batch, 1 + (workers?.size ?? 0));
+  // The workers' shards are posted before this thread starts on its own, so all of them run at once.
+  const fromWorkers = others.length ? workers!.gradients(await model.values(), others) : Promise.resolve([]);
+  const ownGradient = await shardGradient(model, own!);
+  return combineShards([ownGradient, ...await fromWorkers]);
+}
+
 /** Learning rate at `step` (0-based): linear warm-up, then cosine decay to minLrRatio · lr at `total`. */
 export function learningRate(step: number, total: number, options: Pick<SftOptions, 'lr' | 'warmupSteps' | 'minLrRatio'>): number {
   const { lr, warmupSteps, minLrRatio } = options;
@@ -335,6 +365,7 @@ export interface SftData {
 export class SftTrainer {
   private readonly rows: EncodedRow[];
   private evalRows?: ProbeRow[];
+  private workers?: GradientWorkers;
 
   private constructor(
     readonly options: SftOptions,
@@ -394,20 +425,27 @@ export class SftTrainer {
     return Boolean(this.evalRows?.length);
   }
 
+  /**
+   * Computes this trainer's gradients on `count` extra worker threads as well as this one (data parallelism; see
+   * parallel.ts), from the next step on. The workers load `backend`, which should be the one this thread uses.
+   */
+  async useWorkers(count: number, backend: string): Promise<void> {
+    await this.workers?.close();
+    this.workers = count > 0 ? await GradientWorkers.start(count, { config: this.model.config, backend }) : undefined;
+  }
+
   /** One optimizer step on the batch the seed assigns to the current step. */
   async trainStep(): Promise<StepStats> {
     const indices = batchIndices(this.step, this.rows.length, this.options.batchSize, this.options.seed);
     const batch = batchOf(indices.map((i) => this.rows[i]!), this.images);
-    const names = new Map(Object.entries(this.model.weights).map(([name, w]) => [w.name, name]));
-    const { value, grads } = tf.variableGrads(() => sftLoss(this.model, batch), Object.values(this.model.weights));
+    const { grads, loss } = await batchGradient(this.model, batch, this.workers);
     const byName: Record<string, tf.Tensor> = {};
-    for (const [tfName, g] of Object.entries(grads)) byName[names.get(tfName)!] = g;
+    for (const [name, g] of Object.entries(grads)) byName[name] = tf.tensor(g, this.model.weights[name]!.shape, 'float32');
     const lr = learningRate(this.step, this.totalSteps, this.options);
     const gradNorm = this.optimizer.apply(byName, lr);
-    const loss = (await value.data())[0]!;
-    tf.dispose([value, ...Object.values(grads)]);
+    tf.dispose(Object.values(byName));
     this.step += 1;
-    const responseTokens = batch.responseIds.reduce((n, r) => n + r.length + 1, 0);
+    const responseTokens = lossTokens(batch);
     const tokens = batch.promptIds.reduce((n, p) => n + p.length + 1, 0) + responseTokens - batch.promptIds.length;
     return { step: this.step, loss, gradNorm, lr, tokens, responseTokens };
   }
@@ -429,6 +467,8 @@ export class SftTrainer {
   }
 
   dispose(): void {
+    void this.workers?.close();
+    this.workers = undefined;
     this.optimizer.dispose();
     this.model.dispose();
   }

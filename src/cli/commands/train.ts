@@ -6,6 +6,7 @@ import { backendOption, lossFromFlags } from '../model-options.js';
 import { hasCheckpoint } from '../../train/checkpoint.js';
 import { StoreMetrics } from '../../train/metrics.js';
 import { DEFAULT_SFT_OPTIONS, readSftData, runSft, SftTrainer, type SftOptions } from '../../train/sft.js';
+import { autoWorkers } from '../../train/parallel.js';
 import {
   DEFAULT_LOSS_CONFIG, NORMALIZE_MODES, PPL_SOURCES, REF_WEIGHT_MODES,
 } from '../../train/loss.js';
@@ -51,9 +52,10 @@ const OBJECTIVES: Record<string, Objective> = {
   sft: {
     usage: 'aspo train --objective sft --data DIR|sft.jsonl --out CHECKPOINT_DIR [--eval eval.jsonl] [--db PATH]\n' +
       '                  [--steps N | --epochs N] [--batch-size N] [--lr X] [--seed N] [--backend NAME] [--resume]\n' +
-      '                  [--width N] [--layers N] [--heads N] [--context N] [--mlp-ratio N] [--vocab-size N]',
+      '                  [--width N] [--layers N] [--heads N] [--context N] [--mlp-ratio N] [--vocab-size N] [--workers N|auto]',
     options: {
       data: { type: 'string' },
+      workers: { type: 'string', default: 'auto' },
       eval: { type: 'string' },
       width: { type: 'string' },
       layers: { type: 'string' },
@@ -89,6 +91,8 @@ const USAGE = Object.values(OBJECTIVES).map((o) => o.usage).join('\n') + '\n\n' 
   `  --stem-channels N  channels of the convolutional image stem; 0 projects raw patches (default ${d.model.stemChannels})\n` +
   `  --image-heads N    heads per layer that attend to the visual tokens only, at most --heads (default: half of --heads, ${Math.floor(d.model.heads / 2)})\n` +
   `  --vocab-size N     tokenizer vocabulary cap (default ${d.vocabSize})\n` +
+  '  --workers N|auto   extra threads that compute gradients on shards of each batch (data parallelism); auto\n' +
+  '                     (default): one per spare core on the wasm and cpu backends, none on native TensorFlow\n' +
   `  --eval-every/--save-every/--log-every N   steps (default ${d.evalEvery}/${d.saveEvery}/${d.logEvery})\n\n` +
   '  Preference training (dpo, aspo) starts the policy from the --ref checkpoint and trains on the pairs of a shard\n' +
   '  set (`aspo shard`); aspo weights each sentence of the chosen response (sentence-level preference optimization).\n\n' +
@@ -190,14 +194,18 @@ async function runSftCommand(values: Values): Promise<number> {
     trainer.dispose();
     return 0;
   }
+  const workers = values.workers === 'auto' ? autoWorkers(backend) : integer(values, 'workers', 0, 0);
+  await trainer.useWorkers(workers, backend);
   if (trainer.skipped.length) {
     process.stderr.write(`train: ${trainer.skipped.length} rows skipped: longer than the model's text context (raise --context)\n`);
   }
   process.stderr.write(`train: run ${trainer.runId}, ${trainer.model.parameterCount.toLocaleString('en-US')} parameters, ` +
-    `${trainer.tokenizer.vocabSize} tokens, ${trainer.trainRows} rows, step ${trainer.step} of ${trainer.totalSteps}\n`);
+    `${trainer.tokenizer.vocabSize} tokens, ${trainer.trainRows} rows, step ${trainer.step} of ${trainer.totalSteps}` +
+    `, ${workers ? `${workers + 1} threads (${workers} gradient worker${workers > 1 ? 's' : ''})` : '1 thread'}\n`);
   const progress = new Progress({ label: 'train', total: trainer.totalSteps - trainer.step, unit: 'steps' });
   let accuracy = '';
   let tokens = 0;
+  // disposed on failure too: a live gradient worker would keep the process running
   const result = await withStore(values.db as string, async (store) => runSft(trainer, {
     metrics: new StoreMetrics(store),
     backend,
@@ -210,8 +218,7 @@ async function runSftCommand(values: Values): Promise<number> {
       process.stderr.write(`\rtrain: step ${at.step}: eval loss ${stats.loss.toFixed(3)}, sentence accuracy ` +
         `${(100 * stats.sentenceAccuracy).toFixed(1)}% (${stats.probes} probes), ${Math.round(tokens / progress.seconds)} tok/s\x1b[K\n`);
     },
-  }));
-  trainer.dispose();
+  })).finally(() => trainer.dispose());
   progress.done(`${result.steps} steps, loss ${result.finalLoss.toFixed(3)}` +
     (result.eval ? `, held-out sentence accuracy ${(100 * result.eval.sentenceAccuracy).toFixed(1)}% (${result.eval.probes} probes)` : '') +
     `, ${Math.round(result.tokensPerSecond).toLocaleString('en-US')} tok/s in ${result.seconds.toFixed(1)} s → ${values.out}`);
