@@ -226,6 +226,16 @@ test('symlinks: a linked folder leading out is refused, links that stay inside a
   store.close();
 });
 
+test('an --images folder that does not exist stops the run with what to pass instead', async () => {
+  const dir = tempDir();
+  const dataset = path.join(dir, 'data.jsonl');
+  writeFileSync(dataset, jsonl([{ prompt: 'p', chosen: 'c', rejected: 'r', image: 'a.png' }]));
+  const store = await freshStore(dir);
+  await assert.rejects(ingest(store, [dataset], { images: path.join(dir, 'nope') }),
+    new RegExp(`image folder ${path.join(dir, 'nope').replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} does not exist; pass --images DIR`));
+  store.close();
+});
+
 test('--missing-images drop keeps the pair text-only, and two pairs differing only in a missing image stay two', async () => {
   const { store, summary } = await ingestRows([
     { prompt: 'p', chosen: 'c', rejected: 'r', image: 'gone/a.jpg' },

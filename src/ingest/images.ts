@@ -82,7 +82,9 @@ export class ImageRoot {
   constructor(readonly root: string) {}
 
   realRoot(): Promise<string> {
-    this.real ??= realpath(this.root);
+    this.real ??= realpath(this.root).catch(() => {
+      throw new Error(`image folder ${this.root} does not exist; pass --images DIR with the folder the image paths are relative to`);
+    });
     return this.real;
   }
 
