@@ -264,6 +264,15 @@ export class VisionLanguageModel {
     return values;
   }
 
+  /** `loss()` and its gradient with respect to every weight, keyed by weight name (as `weights` and the optimizer are). */
+  gradients(loss: () => tf.Scalar): { value: tf.Scalar; grads: Record<string, tf.Tensor> } {
+    const names = new Map(Object.entries(this.weights).map(([name, w]) => [w.name, name]));
+    const { value, grads } = tf.variableGrads(loss, Object.values(this.weights));
+    const byName: Record<string, tf.Tensor> = {};
+    for (const [tfName, g] of Object.entries(grads)) byName[names.get(tfName)!] = g;
+    return { value, grads: byName };
+  }
+
   dispose(): void {
     for (const w of Object.values(this.weights)) w.dispose();
     for (const m of this.causalMasks.values()) m.dispose();

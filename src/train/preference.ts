@@ -381,17 +381,14 @@ export class PreferenceTrainer {
     const host = this.collate(this.pairsOfStep(this.step));
     const t = this.inputsOf(host);
     const ref = this.referenceLogProbs(host, t);
-    const names = new Map(Object.entries(this.policy.weights).map(([name, w]) => [w.name, name]));
     let values: LossValues | undefined;
-    const { value, grads } = tf.variableGrads(() => {
+    const { value, grads } = this.policy.gradients(() => {
       const output = aspoLoss(this.lossInputs(t, host, this.sideLogProbs(this.policy, host, t), ref), this.options.loss);
       values = output.values;
       return output.loss;
-    }, Object.values(this.policy.weights));
-    const byName: Record<string, tf.Tensor> = {};
-    for (const [tfName, g] of Object.entries(grads)) byName[names.get(tfName)!] = g;
+    });
     const lr = learningRate(this.step, this.totalSteps, this.options);
-    const gradNorm = this.optimizer.apply(byName, lr);
+    const gradNorm = this.optimizer.apply(grads, lr);
     tf.dispose([value, ...Object.values(grads), t.images ?? []]);
     this.step += 1;
     return { step: this.step, metrics: lossMetrics(values!), lr, gradNorm, pairs: host.pairs };

@@ -217,10 +217,9 @@ export function lossTokens(batch: Batch): number {
 
 /** sftLoss on `batch` and its gradient by weight name, as arrays (what a gradient worker sends back). */
 export async function shardGradient(model: VisionLanguageModel, batch: Batch): Promise<ShardGradient> {
-  const names = new Map(Object.entries(model.weights).map(([name, w]) => [w.name, name]));
-  const { value, grads } = tf.variableGrads(() => sftLoss(model, batch), Object.values(model.weights));
+  const { value, grads } = model.gradients(() => sftLoss(model, batch));
   const out: Record<string, Float32Array> = {};
-  for (const [tfName, g] of Object.entries(grads)) out[names.get(tfName)!] = (await g.data()) as Float32Array;
+  for (const [name, g] of Object.entries(grads)) out[name] = (await g.data()) as Float32Array;
   const loss = (await value.data())[0]!;
   tf.dispose([value, ...Object.values(grads)]);
   return { grads: out, loss, tokens: lossTokens(batch) };
