@@ -121,7 +121,7 @@ async function prepareWorld(dir: string, noise: number, config: ExperimentConfig
     for (const alpha of [0, 0.5, 1]) {
       const rows = await store.all<{ weight: number; hallucinated: boolean }>(`
         SELECT w.weight, EXISTS (SELECT 1 FROM labels l WHERE l.pair_id = w.pair_id AND l.side = w.side
-          AND l.start < s."end" AND l."end" > s.start AND l.label = 'hallucinated') AS hallucinated
+          AND l.char_start < s.char_end AND l.char_end > s.char_start AND l.label = 'hallucinated') AS hallucinated
         FROM sentence_weights(alpha := ${alpha}) w JOIN sentences s USING (pair_id, side, idx)
         WHERE w.side = 'chosen' AND w.weight IS NOT NULL`);
       weightAuroc.push({ noise, alpha, sentences: rows.length, auroc: auroc(rows.map((r) => -r.weight), rows.map((r) => r.hallucinated)) });

@@ -68,7 +68,7 @@ if (!reuse) {
       SELECT md5(i::VARCHAR), 'bench', i, 'jsonl', 'Describe the image.', 'A red square. It is small. It sits left.',
              'A blue square. It is big. It sits right.', sha256('img' || i::VARCHAR)
       FROM range(${pairs}) r(i)`);
-    await store.run(`INSERT INTO sentences (pair_id, side, idx, start, "end", text, shared)
+    await store.run(`INSERT INTO sentences (pair_id, side, idx, char_start, char_end, text, shared)
       SELECT md5(i::VARCHAR), side, idx, [0, 14, 27][idx + 1], [13, 26, 40][idx + 1], 'sentence', false
       FROM range(${pairs}) r(i), (VALUES ('chosen'), ('rejected')) s(side), range(3) k(idx)`);
     await store.run(`INSERT INTO sentence_scores (pair_id, side, idx, similarity)

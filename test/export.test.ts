@@ -154,8 +154,8 @@ test('JSON Lines of the pairs with their images (as data: URIs) ingest back to t
 interface TrlRow {
   pair_id: string; prompt: string; chosen: string; rejected: string;
   images: { bytes: Uint8Array; path: string }[];
-  chosen_sentence_spans: { start: number; end: number }[] | null;
-  rejected_sentence_spans: { start: number; end: number }[] | null;
+  chosen_sentence_spans: { char_start: number; char_end: number }[] | null;
+  rejected_sentence_spans: { char_start: number; char_end: number }[] | null;
   chosen_sentence_weights: (number | null)[] | null;
   chosen_sentence_rewards?: (number | null)[] | null;
 }
@@ -172,8 +172,8 @@ test('TRL export: shards with the TRL schema and Hugging Face features, spans an
     assert.deepEqual(schema, [
       { name: 'pair_id', type: 'VARCHAR' }, { name: 'prompt', type: 'VARCHAR' }, { name: 'chosen', type: 'VARCHAR' },
       { name: 'rejected', type: 'VARCHAR' }, { name: 'images', type: 'STRUCT(bytes BLOB, path VARCHAR)[]' },
-      { name: 'chosen_sentence_spans', type: 'STRUCT("start" INTEGER, "end" INTEGER)[]' },
-      { name: 'rejected_sentence_spans', type: 'STRUCT("start" INTEGER, "end" INTEGER)[]' },
+      { name: 'chosen_sentence_spans', type: 'STRUCT(char_start INTEGER, char_end INTEGER)[]' },
+      { name: 'rejected_sentence_spans', type: 'STRUCT(char_start INTEGER, char_end INTEGER)[]' },
       { name: 'chosen_sentence_weights', type: 'DOUBLE[]' },
     ]);
     // The Parquet physical types the datasets Image feature expects: bytes as binary (no string annotation).
@@ -191,7 +191,7 @@ test('TRL export: shards with the TRL schema and Hugging Face features, spans an
     const rows = await store.all<TrlRow>(`SELECT * FROM read_parquet(${glob}) ORDER BY pair_id`);
     const pairs = await store.all<{ pair_id: string; prompt: string; chosen: string; rejected: string; image_id: string | null }>('SELECT * FROM pairs ORDER BY pair_id');
     assert.deepEqual(rows.map((r) => r.pair_id), pairs.map((p) => p.pair_id));
-    const sentences = await store.all<{ pair_id: string; side: string; start: number; end: number; text: string }>('SELECT * FROM sentences ORDER BY pair_id, side, idx');
+    const sentences = await store.all<{ pair_id: string; side: string; text: string }>('SELECT * FROM sentences ORDER BY pair_id, side, idx');
     const weights = await store.all<{ pair_id: string; weight: number; similarity: number | null }>(
       "SELECT pair_id, weight, similarity FROM sentence_weights(alpha := 1.0) WHERE side = 'chosen' ORDER BY pair_id, idx");
     for (const [i, row] of rows.entries()) {
@@ -203,7 +203,7 @@ test('TRL export: shards with the TRL schema and Hugging Face features, spans an
       } else assert.deepEqual(row.images, []);
       for (const side of ['chosen', 'rejected'] as const) {
         const texts = sentences.filter((s) => s.pair_id === pair.pair_id && s.side === side).map((s) => s.text);
-        assert.deepEqual(row[`${side}_sentence_spans`]!.map((s) => pair[side].slice(s.start, s.end)), texts);
+        assert.deepEqual(row[`${side}_sentence_spans`]!.map((s) => pair[side].slice(s.char_start, s.char_end)), texts);
       }
       const expected = weights.filter((w) => w.pair_id === pair.pair_id);
       if (pair.image_id) assert.deepEqual(row.chosen_sentence_weights, expected.map((w) => w.weight));

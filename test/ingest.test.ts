@@ -123,10 +123,10 @@ test('labelled spans go to labels; an M-HalDetect response becomes a span-remova
   ]);
   assert.equal(summary.ingested, 2);
   assert.equal(summary.rejected, 3);
-  const labels = await store.all('SELECT side, start, "end", label FROM labels ORDER BY label');
+  const labels = await store.all('SELECT side, char_start, char_end, label FROM labels ORDER BY label');
   assert.deepEqual(labels, [
-    { side: 'rejected', start: 12, end: 25, label: 'INACCURATE' },
-    { side: 'rejected', start: 0, end: 8, label: 'hallucinated' },
+    { side: 'rejected', char_start: 12, char_end: 25, label: 'INACCURATE' },
+    { side: 'rejected', char_start: 0, char_end: 8, label: 'hallucinated' },
   ]);
   const mhal = await store.one<{ chosen: string; rejected: string }>('SELECT chosen, rejected FROM pairs WHERE source_row = 1');
   assert.deepEqual(mhal, { chosen: 'A cat sits. The sky is blue.', rejected: response });

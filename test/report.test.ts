@@ -190,10 +190,10 @@ test('the page escapes every text it is given and refuses non-data: images', () 
 /** AUROC of −weight for "hallucinated", computed from the raw tables in JavaScript (overlap test and pairwise count). */
 async function expectedAuroc(store: Store, side?: string): Promise<number> {
   const sentences = await store.all<{ pair_id: string; side: string; start: number; end: number; weight: number }>(`
-    SELECT s.pair_id, s.side, s.start, s."end" AS end, w.weight FROM sentences s JOIN sentence_weights w USING (pair_id, side, idx)
+    SELECT s.pair_id, s.side, s.char_start AS start, s.char_end AS end, w.weight FROM sentences s JOIN sentence_weights w USING (pair_id, side, idx)
     WHERE w.n_sentences > 1 AND (w.similarity IS NOT NULL OR w.ppl IS NOT NULL)`);
   const labels = await store.all<{ pair_id: string; side: string; start: number; end: number; label: string }>(
-    'SELECT pair_id, side, start, "end" AS end, label FROM labels');
+    'SELECT pair_id, side, char_start AS start, char_end AS end, label FROM labels');
   const scores: number[] = [];
   const positive: boolean[] = [];
   for (const s of sentences) {

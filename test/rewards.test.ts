@@ -381,7 +381,7 @@ test('SQL: the sentences the trained policy penalises most are the false ones', 
     const byLabel = new Map((await store.all<{ label: string; mean_reward: number }>(`
       SELECT l.label, avg(r.reward) AS mean_reward
       FROM sentence_rewards_text r
-      JOIN labels l ON l.pair_id = r.pair_id AND l.side = r.side AND l.start < r."end" AND r.start < l."end"
+      JOIN labels l ON l.pair_id = r.pair_id AND l.side = r.side AND l.char_start < r.char_end AND r.char_start < l.char_end
       WHERE r.policy_model = $1 GROUP BY l.label`, [policy.modelId])).map((r) => [r.label, r.mean_reward]));
     assert.ok(byLabel.get('hallucinated')! < byLabel.get('true')! - 0.5, JSON.stringify([...byLabel]));
   });

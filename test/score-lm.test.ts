@@ -99,7 +99,7 @@ test('scoreLm writes per-sentence sums, counts and perplexities; skips over-long
     for (const [pairId, chosen, rejected] of PAIRS) {
       for (const [side, response] of [['chosen', chosen], ['rejected', rejected]] as const) {
         const sentences = await store.all<{ start: number; end: number }>(
-          'SELECT start, "end" AS end FROM sentences WHERE pair_id = ? AND side = ? ORDER BY idx', [pairId, side]);
+          'SELECT char_start AS start, char_end AS end FROM sentences WHERE pair_id = ? AND side = ? ORDER BY idx', [pairId, side]);
         const got = rows.filter((r) => r.pair_id === pairId && r.side === side);
         if (pairId === 'long' && side === 'chosen') {
           assert.ok(got.every((r) => r.ppl_model === null), 'the over-long response is not scored');

@@ -73,7 +73,7 @@ async function directSums(store: Store, pairId: string, side: string, withImage:
   const pair = (await store.one<{ chosen: string; rejected: string }>('SELECT chosen, rejected FROM pairs WHERE pair_id = ?', [pairId]))!;
   const response = side === 'chosen' ? pair.chosen : pair.rejected;
   const sentences = await store.all<{ start: number; end: number }>(
-    'SELECT start, "end" AS end FROM sentences WHERE pair_id = ? AND side = ? ORDER BY idx', [pairId, side]);
+    'SELECT char_start AS start, char_end AS end FROM sentences WHERE pair_id = ? AND side = ? ORDER BY idx', [pairId, side]);
   const { promptIds, responseIds } = encodePromptResponse(ref.tokenizer, PROMPT, response);
   const { sentenceIds } = encodeWithSentences(ref.tokenizer, PROMPT, response, sentences);
   const image = withImage ? pixels.get(pairId)! : null;

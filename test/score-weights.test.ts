@@ -24,7 +24,7 @@ async function weightStore(): Promise<string> {
   await withStore(db, async (store) => {
     for (const [pairId, side, similarity, ppl] of RESPONSES) {
       for (let idx = 0; idx < similarity.length; idx++) {
-        await store.run(`INSERT INTO sentences (pair_id, side, idx, start, "end", text, shared) VALUES (?, ?, ?, 0, 1, 'x', false)`,
+        await store.run(`INSERT INTO sentences (pair_id, side, idx, char_start, char_end, text, shared) VALUES (?, ?, ?, 0, 1, 'x', false)`,
           [pairId, side, idx]);
         if (similarity[idx] === undefined && ppl[idx] === undefined) continue;
         await store.run('INSERT INTO sentence_scores (pair_id, side, idx, similarity, ppl) VALUES (?, ?, ?, ?, ?)',
@@ -115,7 +115,7 @@ test('sentence_weights matches the spec formula on random responses, for several
   await withStore(db, async (store) => {
     for (const { pairId, similarity, ppl } of responses) {
       for (let idx = 0; idx < similarity.length; idx++) {
-        await store.run(`INSERT INTO sentences (pair_id, side, idx, start, "end", text, shared) VALUES (?, 'chosen', ?, 0, 1, 'x', false)`, [pairId, idx]);
+        await store.run(`INSERT INTO sentences (pair_id, side, idx, char_start, char_end, text, shared) VALUES (?, 'chosen', ?, 0, 1, 'x', false)`, [pairId, idx]);
         await store.run('INSERT INTO sentence_scores (pair_id, side, idx, similarity, ppl) VALUES (?, \'chosen\', ?, ?, ?)', [pairId, idx, similarity[idx]!, ppl[idx]!]);
       }
     }

@@ -20,7 +20,7 @@ const PAIRS: Array<[string, string, string]> = [
   ['p5', 'One sentence only', 'Another one only'],
 ];
 
-interface Row { pair_id: string; side: string; idx: number; start: number; end: number; text: string; match_idx: number | null; match_score: number | null; shared: boolean }
+interface Row { pair_id: string; side: string; idx: number; char_start: number; char_end: number; text: string; match_idx: number | null; match_score: number | null; shared: boolean }
 
 async function sentenceRows(store: Store): Promise<Row[]> {
   return store.all<Row>('SELECT * FROM sentences ORDER BY pair_id, side, idx');
@@ -39,7 +39,7 @@ test('segments every pair into rows whose offsets slice the response, with the d
     assert.deepEqual(result, { pairs: 5, sentences: expectedCount, shared: rows.filter((r) => r.shared).length, alreadyDone: 0 });
     for (const row of rows) {
       const [, chosen, rejected] = PAIRS.find(([id]) => id === row.pair_id)!;
-      assert.equal((row.side === 'chosen' ? chosen : rejected).slice(row.start, row.end), row.text);
+      assert.equal((row.side === 'chosen' ? chosen : rejected).slice(row.char_start, row.char_end), row.text);
     }
     const p1 = rows.filter((r) => r.pair_id === 'p1');
     assert.deepEqual(p1.map((r) => [r.side, r.idx, r.text, r.shared, r.match_idx]), [

@@ -101,7 +101,7 @@ test('read-back pairs equal an independent recomputation from the store; images 
       assert.equal(pair.imageId, row.image_id);
       for (const side of ['chosen', 'rejected'] as const) {
         const sentences = await store.all<{ start: number; end: number; idx: number }>(
-          'SELECT idx, start, "end" AS end FROM sentences WHERE pair_id = $1 AND side = $2 ORDER BY idx', [pair.pairId, side]);
+          'SELECT idx, char_start AS start, char_end AS end FROM sentences WHERE pair_id = $1 AND side = $2 ORDER BY idx', [pair.pairId, side]);
         const expected = expectedSide(row.prompt, row[side], sentences);
         assert.deepEqual(pair.promptIds, expected.promptIds);
         assert.deepEqual(side === 'chosen' ? pair.chosenIds : pair.rejectedIds, expected.responseIds, `${pair.pairId} ${side} ids`);

@@ -23,7 +23,7 @@ function inRange(range: ShardRange, column: string): string {
 
 type Feature = Record<string, unknown> | Feature[];
 const value = (dtype: string): Feature => ({ dtype, _type: 'Value' });
-const span: Feature = [{ start: value('int32'), end: value('int32') }];
+const span: Feature = [{ char_start: value('int32'), char_end: value('int32') }];
 
 /**
  * The Hugging Face `datasets` features of a TRL shard. A one-element list is a list feature (read as Sequence by
@@ -67,7 +67,7 @@ export function trlShardSql(range: ShardRange, options: TrlSqlOptions): string {
   return `
     WITH p AS (SELECT pair_id, prompt, chosen, rejected, image_id FROM pairs WHERE ${inRange(range, 'pair_id')}),
     spans AS (
-      SELECT pair_id, side, list({'start': start::INTEGER, 'end': "end"::INTEGER} ORDER BY idx) AS spans
+      SELECT pair_id, side, list({'char_start': char_start::INTEGER, 'char_end': char_end::INTEGER} ORDER BY idx) AS spans
       FROM sentences WHERE ${inRange(range, 'pair_id')}
       GROUP BY pair_id, side),
     weights AS (

@@ -30,7 +30,7 @@ export const INGEST_SCHEMA: Migration = {
     CREATE TABLE labels (
       pair_id VARCHAR NOT NULL,
       side    VARCHAR NOT NULL,         -- chosen | rejected
-      start   INTEGER NOT NULL,         -- UTF-16 offsets into the response
+      start   INTEGER NOT NULL,         -- UTF-16 offsets into the response (char_start, char_end since migration 6)
       "end"   INTEGER NOT NULL,
       label   VARCHAR NOT NULL          -- written once, with the pair that carries it
     );

@@ -225,7 +225,7 @@ async function labelsSection(ctx: Context): Promise<Section> {
   const rows = await ctx.store.all<{ side: string; weight: number; hallucinated: boolean }>(`
     SELECT w.side, w.weight, EXISTS (
         SELECT 1 FROM labels l WHERE l.pair_id = w.pair_id AND l.side = w.side
-          AND l.start < s."end" AND l."end" > s.start AND lower(l.label) IN (${negative})) AS hallucinated
+          AND l.char_start < s.char_end AND l.char_end > s.char_start AND lower(l.label) IN (${negative})) AS hallucinated
     FROM ${ctx.weights} w JOIN sentences s USING (pair_id, side, idx)
     WHERE w.n_sentences > 1 AND (w.similarity IS NOT NULL OR w.ppl IS NOT NULL)
       AND (w.pair_id, w.side) IN (SELECT DISTINCT pair_id, side FROM labels)`);
@@ -342,7 +342,7 @@ function labelExpression(ctx: Context): string {
   const negative = NEGATIVE_LABELS.map((l) => `'${l}'`).join(', ');
   return `CASE WHEN EXISTS (SELECT 1 FROM labels l WHERE l.pair_id = s.pair_id AND l.side = s.side) THEN EXISTS (
       SELECT 1 FROM labels l WHERE l.pair_id = s.pair_id AND l.side = s.side
-        AND l.start < s."end" AND l."end" > s.start AND lower(l.label) IN (${negative})) END`;
+        AND l.char_start < s.char_end AND l.char_end > s.char_start AND lower(l.label) IN (${negative})) END`;
 }
 
 async function sentenceTable(ctx: Context, rows: SentenceRow[], valueName: string, withPolicy: boolean): Promise<Block> {

@@ -30,7 +30,7 @@ export const REWARDS_SCHEMA: Migration = {
       PRIMARY KEY (policy_model, pair_id, side, idx)
     );
     CREATE VIEW sentence_rewards_text AS
-      SELECT r.*, s.start, s."end", s.text, s.shared
+      SELECT r.*, s.start, s."end", s.text, s.shared  -- s.char_start, s.char_end since migration 6
       FROM sentence_rewards r LEFT JOIN sentences s USING (pair_id, side, idx);
   `,
 };

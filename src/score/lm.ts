@@ -136,7 +136,7 @@ export async function scoreLm(store: Store, lm: CausalLm, options: ReferenceScor
     const encoded: EncodedRow[] = [];
     for (const response of pending.slice(b, b + batchSize)) {
       const sentences = await store.all<Span & { idx: number }>(
-        'SELECT idx, start, "end" AS end FROM sentences WHERE pair_id = $1 AND side = $2 ORDER BY idx', [response.pair_id, response.side]);
+        'SELECT idx, char_start AS start, char_end AS end FROM sentences WHERE pair_id = $1 AND side = $2 ORDER BY idx', [response.pair_id, response.side]);
       const { ids, sentenceIds } = encodeWithSentences(lm.tokenizer, response.prompt, response.response, sentences);
       if (ids.length > lm.maxLength) summary.tooLong++;
       else encoded.push({ response, ids, sentenceIds, idxs: sentences.map((s) => s.idx) });

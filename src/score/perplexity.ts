@@ -226,7 +226,7 @@ async function encodeResponse(store: Store, ref: ReferenceModel, row: PendingRes
     return undefined;
   }
   const sentences = await store.all<Span & { idx: number }>(
-    'SELECT idx, start, "end" AS end FROM sentences WHERE pair_id = $1 AND side = $2 ORDER BY idx', [row.pair_id, row.side]);
+    'SELECT idx, char_start AS start, char_end AS end FROM sentences WHERE pair_id = $1 AND side = $2 ORDER BY idx', [row.pair_id, row.side]);
   const text = row.prompt + row.response;
   const { offsets } = ref.tokenizer.encode(text);
   const sentenceIds = alignTokens(text, offsets, sentences, row.prompt.length).slice(ids.promptIds.length);

@@ -8,7 +8,7 @@ export const SEGMENT_SCHEMA: Migration = {
       pair_id     VARCHAR NOT NULL,
       side        VARCHAR NOT NULL,     -- chosen | rejected
       idx         INTEGER NOT NULL,     -- 0-based sentence number within the response
-      start       INTEGER NOT NULL,     -- UTF-16 offsets into the response
+      start       INTEGER NOT NULL,     -- UTF-16 offsets into the response (char_start, char_end since migration 6)
       "end"       INTEGER NOT NULL,
       text        VARCHAR NOT NULL,     -- response[start:end]
       match_idx   INTEGER,              -- idx of the aligned sentence on the other side, NULL when none is similar

@@ -389,7 +389,7 @@ async function loadPairs(store: Store, similarityModel: string | null): Promise<
     FROM pairs p JOIN segmented_pairs USING (pair_id) LEFT JOIN images i USING (image_id) ORDER BY p.pair_id`);
   const sentences = new Map<string, Array<Span & { idx: number }>>();
   for (const s of await store.all<{ pair_id: string; side: string; idx: number; start: number; end: number }>(
-    'SELECT pair_id, side, idx, start, "end" AS end FROM sentences ORDER BY pair_id, side, idx')) {
+    'SELECT pair_id, side, idx, char_start AS start, char_end AS end FROM sentences ORDER BY pair_id, side, idx')) {
     const key = `${s.pair_id}\u0000${s.side}`;
     const list = sentences.get(key) ?? [];
     list.push({ idx: s.idx, start: s.start, end: s.end });

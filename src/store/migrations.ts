@@ -22,6 +22,21 @@ export const MIGRATIONS: readonly Migration[] = [
   TRAIN_SCHEMA,
   SCORE_SCHEMA,
   REWARDS_SCHEMA,
+  {
+    // `end` is a reserved word: `SELECT start, end FROM sentences` was a parser error. Both tables with UTF-16
+    // offsets, and the view that shows them, take the names the export uses.
+    version: 6,
+    name: 'offset columns: char_start, char_end in sentences, labels, sentence_rewards_text',
+    sql: `
+      ALTER TABLE sentences RENAME COLUMN start TO char_start;
+      ALTER TABLE sentences RENAME COLUMN "end" TO char_end;
+      ALTER TABLE labels RENAME COLUMN start TO char_start;
+      ALTER TABLE labels RENAME COLUMN "end" TO char_end;
+      CREATE OR REPLACE VIEW sentence_rewards_text AS
+        SELECT r.*, s.char_start, s.char_end, s.text, s.shared
+        FROM sentence_rewards r LEFT JOIN sentences s USING (pair_id, side, idx);
+    `,
+  },
 ];
 
 export async function migrate(store: Store): Promise<void> {

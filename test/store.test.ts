@@ -1,0 +1,63 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import path from 'node:path';
+import { DuckDBInstance } from '@duckdb/node-api';
+import { MIGRATIONS, SCHEMA_VERSION } from '../src/store/migrations.js';
+import { Store, withStore } from '../src/store/store.js';
+import { tempDir } from './support.js';
+
+/** A store as a build before migration 6 left it: the first five migrations, and rows in the renamed tables. */
+async function storeBeforeMigration6(file: string): Promise<void> {
+  const instance = await DuckDBInstance.create(file);
+  const connection = await instance.connect();
+  await connection.run('CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, applied_at TIMESTAMP DEFAULT current_timestamp)');
+  for (const migration of MIGRATIONS.filter((m) => m.version <= 5)) {
+    await connection.run(migration.sql);
+    await connection.run('INSERT INTO schema_migrations (version, name) VALUES (?, ?)', [migration.version, migration.name]);
+  }
+  await connection.run(`
+    INSERT INTO sentences (pair_id, side, idx, start, "end", text, shared) VALUES
+      ('p', 'chosen', 0, 0, 9, 'A red cup', false), ('p', 'chosen', 1, 11, 20, 'Blue sky.', true);
+    INSERT INTO labels (pair_id, side, start, "end", label) VALUES ('p', 'chosen', 11, 20, 'hallucinated');
+    INSERT INTO sentence_rewards (policy_model, ref_model, pair_id, side, idx, n_tokens, policy_logp_sum, ref_logp_sum,
+      logratio_sum, multiplier, ref_multiplier, reward, beta, alpha, scale, loss_config)
+      VALUES ('pol@1', 'ref@1', 'p', 'chosen', 1, 3, -2, -1, -1, 1, 1, -0.1, 0.1, 0.5, 1, '{}');`);
+  connection.closeSync();
+  instance.closeSync();
+}
+
+test('migration 6: an old store gets char_start/char_end in sentences, labels and the rewards view, every row kept', async () => {
+  const file = path.join(tempDir(), 'old.duckdb');
+  await storeBeforeMigration6(file);
+  await withStore(file, async (store) => {
+    assert.equal(SCHEMA_VERSION >= 6, true);
+    assert.deepEqual((await store.all('SELECT version FROM schema_migrations ORDER BY version')).map((r) => r.version),
+      MIGRATIONS.map((m) => m.version));
+    // The query the issue found failing, unquoted.
+    assert.deepEqual(await store.all('SELECT char_start, char_end, text FROM sentences ORDER BY idx'), [
+      { char_start: 0, char_end: 9, text: 'A red cup' }, { char_start: 11, char_end: 20, text: 'Blue sky.' }]);
+    assert.deepEqual(await store.all('SELECT char_start, char_end, label FROM labels'), [{ char_start: 11, char_end: 20, label: 'hallucinated' }]);
+    assert.deepEqual(await store.all(`
+      SELECT r.text, l.label FROM sentence_rewards_text r
+      JOIN labels l ON l.pair_id = r.pair_id AND l.side = r.side AND l.char_start < r.char_end AND r.char_start < l.char_end`),
+    [{ text: 'Blue sky.', label: 'hallucinated' }]);
+    for (const table of ['sentences', 'labels', 'sentence_rewards_text']) {
+      const columns = (await store.all<{ column_name: string }>(
+        'SELECT column_name FROM information_schema.columns WHERE table_name = ?', [table])).map((c) => c.column_name);
+      assert.ok(columns.includes('char_start') && columns.includes('char_end'), `${table}: ${columns}`);
+      assert.ok(!columns.includes('start') && !columns.includes('end'), `${table}: ${columns}`);
+    }
+  });
+});
+
+test('a new store has the same columns as a migrated one', async () => {
+  const fresh = path.join(tempDir(), 'new.duckdb');
+  const old = path.join(tempDir(), 'old.duckdb');
+  await storeBeforeMigration6(old);
+  const columns = (store: Store) => store.all(`SELECT table_name, column_name, data_type, is_nullable FROM information_schema.columns
+    WHERE table_schema = 'main' AND table_name <> 'schema_migrations' ORDER BY table_name, ordinal_position`);
+  const a = await withStore(fresh, columns);
+  const b = await withStore(old, columns);
+  assert.ok(a.length > 50);
+  assert.deepEqual(a, b);
+});
