@@ -13,7 +13,7 @@ import type { Store } from '../store/store.js';
 import { sha256Hex } from '../util/hash.js';
 import { dropStage, firstFastLines, insertFastPairs, looksSimple, readableByDuckDb, routedLines, stageLines } from './fast.js';
 import { decodeImage, ImageError, ImageRoot, loadImageBytes, type StoredImage } from './images.js';
-import { detectFileFormat, lineRow, readRows, type FileFormat, type RowBatch, type SourceRow } from './readers.js';
+import { checkFileHead, detectFileFormat, lineRow, readRows, type FileFormat, type RowBatch, type SourceRow } from './readers.js';
 import { readRow, RowError, type ImageRef, type RawPair, type RowLayout } from './rows.js';
 
 export interface IngestOptions {
@@ -115,6 +115,7 @@ function rawText(row: SourceRow): string {
 
 export async function ingest(store: Store, files: readonly string[], options: IngestOptions = {}): Promise<IngestSummary> {
   const started = performance.now();
+  await checkInputFiles(files, options);
   await store.run('CREATE TEMP TABLE IF NOT EXISTS stage_rejects AS SELECT * FROM rejects LIMIT 0');
   const run: Run = {
     store, options,
@@ -175,20 +176,34 @@ async function storedIds(store: Store, sql: string): Promise<Set<string>> {
 /** What became of one pair's image: stored or to be stored (sha), failed, or none. */
 type ImageOutcome = { sha: string; stored?: StoredImage } | ImageError | null;
 
+/**
+ * Checks that every dataset file exists, is a file and has a format this reader knows, before anything is written
+ * (so a mistyped name leaves neither a new store nor half an ingest behind). Returns each file's size and format.
+ */
+export async function checkInputFiles(files: readonly string[], options: Pick<IngestOptions, 'format'> = {}):
+  Promise<{ file: string; source: string; size: number; format: FileFormat }[]> {
+  const checked = [];
+  for (const file of files) {
+    const source = path.resolve(file);
+    const info = await stat(source).catch(() => {
+      throw new Error(`${file}: no such file`);
+    });
+    if (!info.isFile()) throw new Error(`${file}: not a file; give the dataset files themselves (e.g. ${path.join(file, '*.jsonl')})`);
+    const format = !options.format || options.format === 'auto' ? await detectFileFormat(source) : options.format;
+    await checkFileHead(source, format);
+    checked.push({ file, source, size: info.size, format });
+  }
+  return checked;
+}
+
 async function ingestFile(run: Run, file: string): Promise<void> {
   const { options } = run;
-  const source = path.resolve(file);
-  const info = await stat(source).catch(() => {
-    throw new Error(`${file}: no such file`);
-  });
-  if (!info.isFile()) throw new Error(`${file}: not a file; give the dataset files themselves (e.g. ${path.join(file, '*.jsonl')})`);
-  const totalBytes = info.size;
-  const format = !options.format || options.format === 'auto' ? await detectFileFormat(source) : options.format;
+  const [{ source, size: totalBytes, format }] = await checkInputFiles([file], options) as [Awaited<ReturnType<typeof checkInputFiles>>[0]];
   const root = path.resolve(options.images ?? path.dirname(source));
   const fastLayout = !options.layout || options.layout === 'auto' || options.layout === 'trl' || options.layout === 'rlaif-v';
   if (format === 'jsonl' && options.fastPath !== false && fastLayout && !options.imageField && readableByDuckDb(source) &&
       await looksSimple(source) && await ingestFast(run, file, source, root, totalBytes)) return;
-  await ingestBatches(run, file, source, format, root, totalBytes, () => readRows(source, format, options.batchSize ?? DEFAULT_BATCH_SIZE, run.store));
+  await ingestBatches(run, file, source, format, root, totalBytes, () => readRows(source, format, options.batchSize ?? DEFAULT_BATCH_SIZE));
 }
 
 /**

@@ -1,3 +1,4 @@
+import { closeSync, openSync, readSync, statSync } from 'node:fs';
 import { DuckDBInstance, type DuckDBAppender, type DuckDBConnection, type DuckDBValue } from '@duckdb/node-api';
 import { migrate } from './migrations.js';
 
@@ -33,6 +34,7 @@ export class Store {
   ) {}
 
   static async open(path: string = DEFAULT_DB_PATH, options: OpenOptions = {}): Promise<Store> {
+    checkStoreFile(path);
     let instance: DuckDBInstance;
     try {
       instance = await DuckDBInstance.create(path, options.readOnly ? { access_mode: 'READ_ONLY' } : {});
@@ -113,6 +115,35 @@ export class Store {
   close(): void {
     this.connection.closeSync();
     this.instance.closeSync();
+  }
+}
+
+/**
+ * Refuses a path that holds something other than a DuckDB database (a dataset file given as --db by mistake, a
+ * folder), which DuckDB would otherwise open as a fresh in-memory database that saves nothing.
+ */
+export function checkStoreFile(path: string): void {
+  if (path === ':memory:' || path === '') return;
+  let size: number;
+  try {
+    const info = statSync(path);
+    if (info.isDirectory()) throw new Error(`--db ${path} is a folder; give the store's file name (e.g. ${path}/aspo.duckdb)`);
+    size = info.size;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return; // a new store
+    throw error;
+  }
+  if (size === 0) return;
+  const head = Buffer.alloc(12);
+  const fd = openSync(path, 'r');
+  try {
+    readSync(fd, head, 0, 12, 0);
+  } finally {
+    closeSync(fd);
+  }
+  if (head.toString('latin1', 8, 12) !== 'DUCK') {
+    throw new Error(`--db ${path} is not a DuckDB database (is it a dataset file?); it was left untouched. ` +
+      'Give the store a path of its own, e.g. --db aspo.duckdb');
   }
 }
 

@@ -1,7 +1,8 @@
-import { DEFAULT_BATCH_SIZE, DEFAULT_COMMIT_ROWS, ingest, type IngestSummary } from '../../ingest/ingest.js';
+import { checkInputFiles, DEFAULT_BATCH_SIZE, DEFAULT_COMMIT_ROWS, ingest, type IngestSummary } from '../../ingest/ingest.js';
 import { FILE_FORMATS, type FileFormat } from '../../ingest/readers.js';
 import { ROW_LAYOUTS, type RowLayout } from '../../ingest/rows.js';
-import { withStore } from '../../store/store.js';
+import { existsSync, rmSync } from 'node:fs';
+import { withStore, type Store } from '../../store/store.js';
 import { DB_OPTION, numberOption, parse, UsageError, type Command } from '../command.js';
 import { Progress } from '../progress.js';
 
@@ -46,7 +47,12 @@ Rejected rows are kept in the rejects table with the reason:
     if (layout !== 'auto' && !ROW_LAYOUTS.includes(layout)) throw new UsageError(`--layout must be one of auto, ${ROW_LAYOUTS.join(', ')}`);
     const missingImages = values['missing-images'];
     if (missingImages !== 'reject' && missingImages !== 'drop') throw new UsageError('--missing-images must be reject or drop');
+    // Before the store is opened: a missing or unreadable input must not leave a new, empty store behind.
+    await checkInputFiles(positionals, { format });
     const progress = new Progress({ label: 'ingest', unit: 'rows' });
+    const newStore = !existsSync(values.db);
+    // A failed first ingest that stored nothing removes the store it created, rather than leave an empty one behind.
+    let removeStore = false;
     const summary: IngestSummary = await withStore(values.db, (store) => ingest(store, positionals, {
       format, layout, missingImages,
       fastPath: !values['no-fast-path'],
@@ -60,7 +66,13 @@ Rejected rows are kept in the rejects table with the reason:
       onProgress: ({ rows, bytesRead, totalBytes }) => {
         progress.at(rows, `${(bytesRead / 1e6).toFixed(1)}/${(totalBytes / 1e6).toFixed(1)} MB`);
       },
-    }));
+    }).catch(async (error: unknown) => {
+      removeStore = newStore && await holdsNothing(store);
+      throw error;
+    })).catch((error: unknown) => {
+      if (removeStore) for (const file of [values.db, `${values.db}.wal`]) rmSync(file, { force: true });
+      throw error;
+    });
     progress.done(formatSummary(summary));
     if (summary.rejected) {
       process.stderr.write(`ingest: ${summary.rejected} row(s) rejected; see them with: aspo query "SELECT source, source_row, field, reason FROM rejects" --db ${values.db}\n`);
@@ -68,6 +80,11 @@ Rejected rows are kept in the rejects table with the reason:
     return values.strict && summary.rejected ? 3 : 0;
   },
 };
+
+/** Whether a store holds nothing an ingest wrote (no pair, no reject). */
+async function holdsNothing(store: Store): Promise<boolean> {
+  return Number(await store.scalar('SELECT (SELECT count(*) FROM pairs) + (SELECT count(*) FROM rejects)')) === 0;
+}
 
 export function formatSummary(s: IngestSummary): string {
   const extras = [s.ties ? `${s.ties} rating ties dropped` : '', s.imagesDropped ? `${s.imagesDropped} images missing (kept text-only)` : '']
