@@ -7,8 +7,10 @@
  * responses of 60 tokens each, the chosen one in 4 sentences with a similarity each; ASPO uses the default loss
  * options (α 0.5: similarity and per-step policy perplexity). Reference: a PyTorch CPU implementation of the same
  * step reaches about 50 pairs/s on this 2-core machine with ASPO/DPO = 1.01; targets ≥ 0.5× and ASPO/DPO ≤ 1.05.
+ * With `--workers N` (default 1) each objective also runs with N gradient workers (data parallelism, parallel.ts),
+ * timed interleaved with the single-thread trainers: the speed-up target on 2 cores is ≥ 1.8×.
  *
- *   npx tsc -p . && node dist/bench/train-step.js [--steps 5] [--backend wasm]
+ *   npx tsc -p . && node dist/bench/train-step.js [--steps 5] [--backend wasm] [--workers 1]
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
@@ -31,8 +33,11 @@ const PROMPT = 10;
 const SENTENCES = 4;
 const SENTENCE_TOKENS = 15; // 60-token responses: BOS + 10 + 60 = 71 of the 80 text positions
 
-const { values } = parseArgs({ options: { steps: { type: 'string', default: '5' }, backend: { type: 'string', default: 'wasm' } } });
+const { values } = parseArgs({
+  options: { steps: { type: 'string', default: '5' }, backend: { type: 'string', default: 'wasm' }, workers: { type: 'string', default: '1' } },
+});
 const steps = Number(values.steps);
+const workers = Number(values.workers);
 const backend = await initBackend(values.backend as BackendName);
 
 const dir = mkdtempSync(path.join(os.tmpdir(), 'aspo-bench-train-'));
@@ -78,11 +83,13 @@ const shardSet: ShardSet = {
   verify: async () => undefined,
 };
 
-async function trainer(objective: PreferenceObjective): Promise<PreferenceTrainer> {
-  return PreferenceTrainer.create({
+async function trainer(objective: PreferenceObjective, extraThreads = 0): Promise<PreferenceTrainer> {
+  const t = await PreferenceTrainer.create({
     ...DEFAULT_PREFERENCE_OPTIONS, objective, shards: 'memory', ref: refDir, out: path.join(dir, objective),
     loss: lossConfig({ lossType: objective }), batchSize: BATCH, steps: 1000, warmupSteps: 0,
   }, shardSet);
+  await t.useWorkers(extraThreads, backend);
+  return t;
 }
 
 function median(list: number[]): number {
@@ -123,6 +130,32 @@ for (const clock of ['wall', 'cpu'] as const) {
   const ratios = times.aspo.map((t, i) => t[clock] / times.dpo[i]![clock]);
   console.log(`  ASPO/DPO step time: ratio of medians ${(rate('dpo') / rate('aspo')).toFixed(3)}, median of the ${steps} paired ratios ` +
     `${median(ratios).toFixed(3)} (target ≤ 1.05; PyTorch reference 1.01)`);
+}
+if (workers > 0) {
+  // Data parallelism: the same steps with `workers` gradient workers, interleaved with one thread. CPU time now
+  // sums every thread, so only the wall clock says how much sooner a step ends.
+  const parallel = { dpo: await trainer('dpo', workers), aspo: await trainer('aspo', workers) };
+  const parallelWarm = [await timed(parallel.dpo), await timed(parallel.aspo)];
+  console.log(`\n${1 + workers} threads (${workers} gradient worker${workers > 1 ? 's' : ''}); first step (warm-up): ` +
+    `DPO ${parallelWarm[0]!.wall.toFixed(2)} s, ASPO ${parallelWarm[1]!.wall.toFixed(2)} s`);
+  const wall = { single: { dpo: [] as number[], aspo: [] as number[] }, parallel: { dpo: [] as number[], aspo: [] as number[] } };
+  for (let i = 0; i < steps; i++) {
+    for (const objective of ['dpo', 'aspo'] as const) {
+      const order = i % 2 === 0 ? (['single', 'parallel'] as const) : (['parallel', 'single'] as const);
+      for (const how of order) wall[how][objective].push((await timed(how === 'single' ? (objective === 'dpo' ? dpo : aspo) : parallel[objective])).wall);
+    }
+  }
+  for (const objective of ['dpo', 'aspo'] as const) {
+    const one = wall.single[objective];
+    const many = wall.parallel[objective];
+    const paired = one.map((t, i) => t / many[i]!);
+    console.log(`  ${objective.toUpperCase().padEnd(4)} 1 thread ${median(one).toFixed(2)} s [${one.map((t) => t.toFixed(2)).join(', ')}], ` +
+      `${1 + workers} threads ${median(many).toFixed(2)} s [${many.map((t) => t.toFixed(2)).join(', ')}]: ` +
+      `${(BATCH / median(many)).toFixed(1)} pairs/s, speed-up ${(median(one) / median(many)).toFixed(2)}× (ratio of medians), ` +
+      `${median(paired).toFixed(2)}× (median paired ratio; target ≥ 1.8× on 2 cores)`);
+  }
+  parallel.dpo.dispose();
+  parallel.aspo.dispose();
 }
 console.log(`load average at the end ${os.loadavg().map((l) => l.toFixed(1)).join(' ')}`);
 dpo.dispose();

@@ -2,7 +2,7 @@ import { before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { initBackend, tf } from '../src/train/backend.js';
 import {
-  aspoLoss, buildLayout, lossConfig, lossForward, lossGradients, lossMetrics, packPairs, withPolicyTensors,
+  addMetricSums, aspoLoss, buildLayout, lossConfig, lossForward, lossGradients, lossMetrics, lossMetricSums, metricsOfSums, packPairs, withPolicyTensors,
   type AspoLossConfig, type LossArrays, type PairArrays,
 } from '../src/train/loss.js';
 import { finiteDifferenceGradients, referenceLoss, referencePair } from './loss-reference.js';
@@ -440,9 +440,13 @@ describe('metrics', () => {
       'aspo/weights_std': Math.sqrt(mean(weights.map((w) => (w - mean(weights)) ** 2))),
       'aspo/one_sentence_fraction': 1 / 3,
     };
-    assert.deepEqual(Object.keys(metrics).sort(), Object.keys(expected).sort());
-    for (const [name, value] of Object.entries(expected)) {
-      assert.ok(Math.abs(metrics[name as keyof typeof metrics]! - value) < 1e-9 * Math.max(1, Math.abs(value)), `${name}: ${metrics[name as keyof typeof metrics]} vs ${value}`);
+    // a batch computed in shards (as gradient workers do) sums to the same metrics
+    const sharded = metricsOfSums(addMetricSums([pairs.slice(0, 1), pairs.slice(1)].map((part) => lossMetricSums(lossForward(packPairs(part), config)))));
+    for (const [how, got] of [['whole', metrics], ['shards', sharded]] as const) {
+      assert.deepEqual(Object.keys(got).sort(), Object.keys(expected).sort());
+      for (const [name, value] of Object.entries(expected)) {
+        assert.ok(Math.abs(got[name as keyof typeof got]! - value) < 1e-9 * Math.max(1, Math.abs(value)), `${how}: ${name}: ${got[name as keyof typeof got]} vs ${value}`);
+      }
     }
   });
 

@@ -43,11 +43,11 @@ test('shards: rows split whole and in order, never an empty shard', () => {
 
 test('combining shards weighs each by its tokens: a hand-worked example', () => {
   const shards: ShardGradient[] = [
-    { grads: { w: Float32Array.of(1, 2) }, loss: 3, tokens: 1 },
-    { grads: { w: Float32Array.of(4, -2), b: Float32Array.of(8) }, loss: 1, tokens: 3 },
+    { grads: { w: Float32Array.of(1, 2) }, loss: 3, count: 1 },
+    { grads: { w: Float32Array.of(4, -2), b: Float32Array.of(8) }, loss: 1, count: 3 },
   ];
   const combined = combineShards(shards);
-  assert.equal(combined.tokens, 4);
+  assert.equal(combined.count, 4);
   assert.equal(combined.loss, 0.25 * 3 + 0.75 * 1);
   assert.deepEqual([...combined.grads.w!], [0.25 * 1 + 0.75 * 4, 0.25 * 2 + 0.75 * -2]);
   // a weight only one shard has a gradient for counts as zero in the others
@@ -104,7 +104,7 @@ test('a worker that fails reports why, naming the weight', async () => {
     const weights = await good.values();
     good.dispose();
     const [result] = await workers.gradients(weights, [shard]);
-    assert.ok(Number.isFinite(result!.loss) && result!.tokens === 3);
+    assert.ok(Number.isFinite(result!.loss) && result!.count === 3);
     const { [Object.keys(weights)[0]!]: dropped, ...missing } = weights;
     assert.ok(dropped);
     await assert.rejects(workers.gradients(missing, [shard]), new RegExp(`gradient worker: weights for ${Object.keys(weights)[0]} are missing`));

@@ -6,10 +6,12 @@ import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { initBackend, tf } from '../src/train/backend.js';
 import { DEFAULT_SFT_OPTIONS, encodePromptResponse, readSftData, runSft, SftTrainer } from '../src/train/sft.js';
-import { lossConfig, type AspoLossConfig } from '../src/train/loss.js';
+import { addMetricSums, lossConfig, metricsOfSums, type AspoLossConfig } from '../src/train/loss.js';
 import {
-  collatePairs, DEFAULT_PREFERENCE_OPTIONS, PreferenceTrainer, runPreference, type PreferenceObjective, type PreferenceOptions,
+  collatePairs, DEFAULT_PREFERENCE_OPTIONS, PreferenceTrainer, preferenceShardGradient, runPreference, type PreferenceObjective, type PreferenceOptions,
 } from '../src/train/preference.js';
+import { combineShards, evenSlices } from '../src/train/parallel.js';
+import { VisionLanguageModel } from '../src/train/model.js';
 import { loadCheckpoint } from '../src/train/checkpoint.js';
 import { loadImagePixels } from '../src/train/images.js';
 import { MemoryMetrics } from '../src/train/metrics.js';
@@ -215,6 +217,87 @@ test('ASPO with scale 0 makes the DPO update; with scale 1 a different one', asy
   const weightedGap = norm(dpo.update, weighted.update) / norm(dpo.update);
   assert.ok(reducedGap < 1e-3, `scale 0: update differs from DPO's by ${reducedGap} of its norm`);
   assert.ok(weightedGap > 1e-2, `scale 1: update differs from DPO's by only ${weightedGap} of its norm`);
+});
+
+function maxAbsDifference(a: Float32Array, b: Float32Array): number {
+  let worst = 0;
+  for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i]! - b[i]!));
+  return worst;
+}
+
+test('the preference gradient combined from shards (weighted by pairs) equals the gradient of the whole batch', async () => {
+  const pairs = (await trainPairs(plainShards)).slice(0, 7);
+  const images = new Map<string, Float32Array>();
+  for (const { pair, image } of await worldPairs(ref)) images.set(pair.imageId!, await loadImagePixels(image, ref.model.config.imageSize));
+  const shard = (part: ShardPair[]) => ({
+    host: collatePairs(part, { similarity: true, storedRefs: false }), pixels: part.map((p) => images.get(p.imageId!)!),
+  });
+  // a policy off the reference, so that margins, weights and gradients are not those of the first step
+  const policy = VisionLanguageModel.fromValues(ref.model.config, Object.fromEntries(Object.entries(await ref.model.values())
+    .map(([name, w]) => [name, w.map((x, i) => x + 0.02 * Math.sin(i + name.length))])));
+  for (const loss of [lossConfig({ lossType: 'dpo' }), lossConfig({ lossType: 'aspo', alpha: 0.5 }), lossConfig({ lossType: 'aspo', normalize: 'mass', detachWeights: false })]) {
+    const whole = await preferenceShardGradient(policy, ref.model, shard(pairs), loss);
+    assert.equal(whole.count, 7);
+    for (const count of [2, 3]) {
+      const parts = await Promise.all(evenSlices(pairs, count).map((part) => preferenceShardGradient(policy, ref.model, shard(part), loss)));
+      assert.deepEqual(parts.map((p) => p.count), count === 2 ? [3, 4] : [2, 2, 3]);
+      const combined = combineShards(parts);
+      const what = `${loss.lossType}/${loss.normalize}, ${count} shards`;
+      assert.ok(Math.abs(combined.loss - whole.loss) < 1e-5 * whole.loss, `${what}: loss ${combined.loss} vs ${whole.loss}`);
+      for (const [name, g] of Object.entries(whole.grads)) {
+        const scale = Math.max(...g.map(Math.abs));
+        assert.ok(scale > 0, `${name} has a gradient`);
+        assert.ok(maxAbsDifference(combined.grads[name]!, g) <= 1e-4 * scale + 1e-7, `${what}: ${name}`);
+      }
+      const merged = metricsOfSums(addMetricSums(parts.map((p) => p.metrics!)));
+      for (const [name, value] of Object.entries(metricsOfSums(whole.metrics!))) {
+        assert.ok(Math.abs((merged as Record<string, number>)[name]! - value) < 1e-4 * Math.max(1, Math.abs(value)), `${what}: ${name}`);
+      }
+    }
+  }
+  policy.dispose();
+});
+
+test('preference training with a gradient worker follows the single-thread run, and is bit-reproducible', async () => {
+  for (const [objective, shards] of [['dpo', plainShards], ['aspo', storedShards]] as const) {
+    const run = async (workers: number) => {
+      const t = await trainer(options(objective, { shards, steps: 4 }, objective === 'aspo' ? { alpha: 0.5 } : {}), 'run');
+      await t.useWorkers(workers, tf.getBackend());
+      assert.equal(t.threads, 1 + workers);
+      const steps = [];
+      while (t.step < t.totalSteps) steps.push(await t.trainStep());
+      const weights = await t.policy.values();
+      t.dispose();
+      return { steps, weights };
+    };
+    const single = await run(0);
+    const parallel = await run(1);
+    const again = await run(1);
+    assert.ok(single.steps.at(-1)!.metrics.loss < single.steps[0]!.metrics.loss, `${objective}: the loss falls`);
+    single.steps.forEach((s, i) => {
+      const p = parallel.steps[i]!;
+      assert.equal(p.pairs, s.pairs);
+      for (const [name, value] of Object.entries(s.metrics)) {
+        assert.ok(Math.abs((p.metrics as Record<string, number>)[name]! - value) < 1e-4 * Math.max(1, Math.abs(value)), `${objective} step ${i}: ${name}`);
+      }
+      assert.ok(Math.abs(p.gradNorm - s.gradNorm) < 1e-4 * s.gradNorm, `${objective} step ${i}: gradient norm ${p.gradNorm} vs ${s.gradNorm}`);
+    });
+    // Adam divides by each gradient's own scale, so a weight whose gradient is at rounding level can move by ±lr
+    // either way: compare the whole update as one vector.
+    const start = await ref.model.values();
+    let gap = 0;
+    let size = 0;
+    for (const [name, w] of Object.entries(single.weights)) {
+      w.forEach((x, i) => {
+        gap += (parallel.weights[name]![i]! - x) ** 2;
+        size += (x - start[name]![i]!) ** 2;
+      });
+    }
+    assert.ok(Math.sqrt(gap / size) < 2e-3, `${objective}: the update differs from the single-thread one by ${Math.sqrt(gap / size)} of its norm`);
+    for (const name of Object.keys(single.weights)) {
+      assert.deepEqual(new Uint32Array(again.weights[name]!.buffer), new Uint32Array(parallel.weights[name]!.buffer), `${objective}: ${name} is reproducible`);
+    }
+  }
 });
 
 test('stored reference log-probs give the same losses as the reference forward pass', async () => {

@@ -382,41 +382,93 @@ export const DPO_METRICS = ['loss', 'rewards/chosen', 'rewards/rejected', 'rewar
 export const ASPO_METRICS = ['aspo/weights_mean', 'aspo/weights_std', 'aspo/one_sentence_fraction'] as const;
 export type LossMetrics = Record<(typeof DPO_METRICS)[number], number> & Partial<Record<(typeof ASPO_METRICS)[number], number>>;
 
-/** Batch means over the real pairs (weight statistics over their sentences). */
-export function lossMetrics(values: LossValues): LossMetrics {
+/**
+ * What the logged metrics are means of, as sums: over the real pairs (the loss, then each DPO metric), and over the
+ * chosen sentences' weights. Sums of shards add up to the sums of their batch, so a batch computed in shards logs
+ * what one pass over it would (`addMetricSums`).
+ */
+export interface LossMetricSums {
+  pairs: number;
+  /** Σ over real pairs of each DPO metric's per-pair value (the loss's: −log σ(margin)). */
+  perPair: Record<(typeof DPO_METRICS)[number], number>;
+  /** ASPO only: Σ w, Σ w², how many w, and how many pairs have at most one chosen sentence. */
+  weights?: { count: number; sum: number; sumOfSquares: number; oneSentencePairs: number };
+}
+
+export function lossMetricSums(values: LossValues): LossMetricSums {
   const { pairMask } = values;
-  const realPairs = Math.max(1, pairMask.reduce((a, b) => a + b, 0));
-  const pairMean = (x: (b: number) => number) => {
+  const pairs = pairMask.reduce((a, b) => a + b, 0);
+  const pairSum = (x: (b: number) => number) => {
     let sum = 0;
     for (let b = 0; b < pairMask.length; b++) if (pairMask[b]) sum += x(b);
-    return sum / realPairs;
+    return sum;
   };
-  const metrics: LossMetrics = {
-    loss: values.loss,
-    'rewards/chosen': pairMean((b) => values.chosenRewards[b]!),
-    'rewards/rejected': pairMean((b) => values.rejectedRewards[b]!),
-    'rewards/margins': pairMean((b) => values.margins[b]!),
-    'rewards/accuracies': pairMean((b) => (values.margins[b]! > 0 ? 1 : 0)),
-    'logps/chosen': pairMean((b) => values.chosenLogps[b]!),
-    'logps/rejected': pairMean((b) => values.rejectedLogps[b]!),
+  const sums: LossMetricSums = {
+    pairs,
+    perPair: {
+      // the mean loss times its divisor (which is at least 1, so a batch without real pairs sums to 0 here)
+      loss: values.loss * pairs,
+      'rewards/chosen': pairSum((b) => values.chosenRewards[b]!),
+      'rewards/rejected': pairSum((b) => values.rejectedRewards[b]!),
+      'rewards/margins': pairSum((b) => values.margins[b]!),
+      'rewards/accuracies': pairSum((b) => (values.margins[b]! > 0 ? 1 : 0)),
+      'logps/chosen': pairSum((b) => values.chosenLogps[b]!),
+      'logps/rejected': pairSum((b) => values.rejectedLogps[b]!),
+    },
   };
   const s = values.weighting?.sentences;
   if (s) {
     const slots = s.present.length / pairMask.length;
-    const weights: number[] = [];
     const sentencesOf = new Float64Array(pairMask.length);
+    const weights = { count: 0, sum: 0, sumOfSquares: 0, oneSentencePairs: 0 };
     s.present.forEach((present, i) => {
       if (!present) return;
       sentencesOf[Math.floor(i / slots)]!++;
-      if (pairMask[Math.floor(i / slots)]) weights.push(s.weights[i]!);
+      if (!pairMask[Math.floor(i / slots)]) return;
+      weights.count++;
+      weights.sum += s.weights[i]!;
+      weights.sumOfSquares += s.weights[i]! ** 2;
     });
-    const mean = weights.reduce((a, b) => a + b, 0) / Math.max(1, weights.length);
-    const variance = weights.reduce((a, w) => a + (w - mean) ** 2, 0) / Math.max(1, weights.length);
+    weights.oneSentencePairs = pairSum((b) => (sentencesOf[b]! <= 1 ? 1 : 0));
+    sums.weights = weights;
+  }
+  return sums;
+}
+
+/** The sums of a batch from its shards' sums. */
+export function addMetricSums(parts: readonly LossMetricSums[]): LossMetricSums {
+  const total: LossMetricSums = { pairs: 0, perPair: Object.fromEntries(DPO_METRICS.map((name) => [name, 0])) as LossMetricSums['perPair'] };
+  for (const part of parts) {
+    total.pairs += part.pairs;
+    for (const name of DPO_METRICS) total.perPair[name] += part.perPair[name];
+    if (part.weights) {
+      const w = (total.weights ??= { count: 0, sum: 0, sumOfSquares: 0, oneSentencePairs: 0 });
+      w.count += part.weights.count;
+      w.sum += part.weights.sum;
+      w.sumOfSquares += part.weights.sumOfSquares;
+      w.oneSentencePairs += part.weights.oneSentencePairs;
+    }
+  }
+  return total;
+}
+
+/** Batch means over the real pairs (weight statistics over their sentences), from the metric sums. */
+export function metricsOfSums(sums: LossMetricSums): LossMetrics {
+  const pairs = Math.max(1, sums.pairs);
+  const metrics = Object.fromEntries(DPO_METRICS.map((name) => [name, sums.perPair[name] / pairs])) as LossMetrics;
+  if (sums.weights) {
+    const { count, sum, sumOfSquares, oneSentencePairs } = sums.weights;
+    const mean = sum / Math.max(1, count);
     metrics['aspo/weights_mean'] = mean;
-    metrics['aspo/weights_std'] = Math.sqrt(variance);
-    metrics['aspo/one_sentence_fraction'] = pairMean((b) => (sentencesOf[b]! <= 1 ? 1 : 0));
+    metrics['aspo/weights_std'] = Math.sqrt(Math.max(0, sumOfSquares / Math.max(1, count) - mean * mean));
+    metrics['aspo/one_sentence_fraction'] = oneSentencePairs / pairs;
   }
   return metrics;
+}
+
+/** Batch means over the real pairs (weight statistics over their sentences). */
+export function lossMetrics(values: LossValues): LossMetrics {
+  return metricsOfSums(lossMetricSums(values));
 }
 
 /** One pair as plain arrays (what `aspo loss` reads, and what tests build batches from). */

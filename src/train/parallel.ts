@@ -10,27 +10,41 @@
  */
 import os from 'node:os';
 import { Worker } from 'node:worker_threads';
+import type { AspoLossConfig, LossMetricSums } from './loss.js';
 import type { ModelConfig } from './model.js';
+import type { PreferenceShard } from './preference.js';
 import type { Batch } from './sft.js';
 
-/** What a worker is asked to do: the gradient of the mean token loss of `batch` at `weights`. */
-export interface GradientRequest {
-  weights: Record<string, Float32Array>;
-  batch: Batch;
-}
+/**
+ * What a worker is asked to do at `weights`: the gradient of the mean token loss of an SFT `batch`, or of the
+ * preference loss (the setup's `loss`) over the pairs of a preference `shard`.
+ */
+export type GradientRequest = { weights: Record<string, Float32Array> } & ({ batch: Batch } | { shard: PreferenceShard });
 
 export interface ShardGradient {
   /** Gradient of the shard's mean loss per weight name (weights without one are absent). */
   grads: Record<string, Float32Array>;
   /** The shard's mean loss. */
   loss: number;
-  /** Tokens the mean is over (response tokens with EOS). */
-  tokens: number;
+  /** How many terms the mean is over: response tokens with EOS for SFT, pairs for preference training. */
+  count: number;
+  /** Preference training: the shard's sums of the logged loss metrics. */
+  metrics?: LossMetricSums;
 }
 
 export interface WorkerSetup {
   config: ModelConfig;
   backend: string;
+  /** Preference training: the loss, and the frozen reference's weights when no reference log-probs are stored. */
+  loss?: AspoLossConfig;
+  reference?: Record<string, Float32Array>;
+}
+
+/** Splits `items` into `count` contiguous runs of near-equal length, in order (fewer when there are fewer items). */
+export function evenSlices<T>(items: readonly T[], count: number): T[][] {
+  const shards = Math.max(1, Math.min(count, items.length));
+  return Array.from({ length: shards }, (_, k) =>
+    items.slice(Math.floor((k * items.length) / shards), Math.floor(((k + 1) * items.length) / shards)));
 }
 
 /**
@@ -38,34 +52,29 @@ export interface WorkerSetup {
  * kept whole: every shard's loss is a mean over its own tokens, and `combineShards` weighs it by them.
  */
 export function shardBatch(batch: Batch, count: number): Batch[] {
-  const rows = batch.promptIds.length;
-  const shards = Math.max(1, Math.min(count, rows));
-  const out: Batch[] = [];
-  for (let k = 0; k < shards; k++) {
-    const from = Math.floor((k * rows) / shards);
-    const to = Math.floor(((k + 1) * rows) / shards);
-    out.push({ images: batch.images.slice(from, to), promptIds: batch.promptIds.slice(from, to), responseIds: batch.responseIds.slice(from, to) });
-  }
-  return out;
+  // the three lists have one entry per row, so they are cut at the same places
+  const images = evenSlices(batch.images, count);
+  const responses = evenSlices(batch.responseIds, count);
+  return evenSlices(batch.promptIds, count).map((promptIds, k) => ({ images: images[k]!, promptIds, responseIds: responses[k]! }));
 }
 
 /**
- * The whole batch's mean loss and its gradient from its shards': each shard's share is its token count over the
- * total, so the result is what one pass over the whole batch gives.
+ * The whole batch's mean loss and its gradient from its shards': each shard's share is its count (tokens or
+ * pairs) over the total, so the result is what one pass over the whole batch gives.
  */
-export function combineShards(shards: readonly ShardGradient[]): { grads: Record<string, Float32Array>; loss: number; tokens: number } {
-  const tokens = shards.reduce((n, s) => n + s.tokens, 0);
+export function combineShards(shards: readonly ShardGradient[]): { grads: Record<string, Float32Array>; loss: number; count: number } {
+  const count = shards.reduce((n, s) => n + s.count, 0);
   const grads: Record<string, Float32Array> = {};
   let loss = 0;
   for (const shard of shards) {
-    const share = shard.tokens / tokens;
+    const share = shard.count / count;
     loss += share * shard.loss;
     for (const [name, g] of Object.entries(shard.grads)) {
       const sum = (grads[name] ??= new Float32Array(g.length));
       for (let i = 0; i < g.length; i++) sum[i]! += share * g[i]!;
     }
   }
-  return { grads, loss, tokens };
+  return { grads, loss, count };
 }
 
 /** Extra gradient workers for `--workers auto`: one per spare core on the single-threaded backends, none otherwise. */
@@ -120,13 +129,22 @@ export class GradientWorkers {
     return this.workers.length;
   }
 
-  /** Gradients of `batches[i]` on worker i, all at `weights`. */
+  /** Gradients of SFT `batches[i]` on worker i, all at `weights`. */
   gradients(weights: Record<string, Float32Array>, batches: readonly Batch[]): Promise<ShardGradient[]> {
-    if (batches.length > this.workers.length) throw new Error(`${batches.length} shards for ${this.workers.length} workers`);
-    return Promise.all(batches.map((batch, i) => new Promise<ShardGradient>((resolve, reject) => {
+    return this.post(batches.map((batch) => ({ weights, batch })));
+  }
+
+  /** Gradients of the preference loss over `shards[i]` on worker i, all at `weights` (the pool needs `setup.loss`). */
+  preferenceGradients(weights: Record<string, Float32Array>, shards: readonly PreferenceShard[]): Promise<ShardGradient[]> {
+    return this.post(shards.map((shard) => ({ weights, shard })));
+  }
+
+  private post(requests: GradientRequest[]): Promise<ShardGradient[]> {
+    if (requests.length > this.workers.length) throw new Error(`${requests.length} shards for ${this.workers.length} workers`);
+    return Promise.all(requests.map((request, i) => new Promise<ShardGradient>((resolve, reject) => {
       const worker = this.workers[i]!;
       this.pending.set(worker, { resolve, reject });
-      worker.postMessage({ weights, batch } satisfies GradientRequest);
+      worker.postMessage(request);
     })));
   }
 

@@ -14,8 +14,10 @@ import { AdamW, DEFAULT_ADAMW, type OptimizerState } from './optimizer.js';
 import { loadCheckpoint, saveCheckpoint } from './checkpoint.js';
 import { loadImagePixels, stackImages } from './images.js';
 import {
-  aspoLoss, buildLayout, lossForward, lossMetrics, type AspoLossConfig, type BatchLayout, type LossInputs, type LossMetrics, type LossValues,
+  addMetricSums, aspoLoss, buildLayout, lossForward, lossMetrics, lossMetricSums, metricsOfSums,
+  type AspoLossConfig, type BatchLayout, type LossInputs, type LossMetrics, type LossValues,
 } from './loss.js';
+import { combineShards, evenSlices, GradientWorkers, type ShardGradient } from './parallel.js';
 import { runLoop } from './loop.js';
 import { newRunId, type MetricsSink } from './metrics.js';
 import {
@@ -211,10 +213,87 @@ interface BatchInputs {
   layout: BatchLayout;
 }
 
+/** A batch's pairs together with their images' pixels: what a gradient worker needs to compute their gradient. */
+export interface PreferenceShard {
+  host: HostBatch;
+  /** Per pair, the decoded image (model size) or null for a text-only pair. */
+  pixels: Array<Float32Array | null>;
+}
+
+function batchInputs({ host, pixels }: PreferenceShard, imageSize: number): BatchInputs {
+  return {
+    images: pixels.some(Boolean) ? stackImages(pixels, imageSize) : null,
+    hasImage: pixels.map(Boolean),
+    layout: buildLayout({
+      batch: host.pairs, numSentences: host.numSentences,
+      chosenLength: host.width, chosenIds: host.chosenSentenceIds, chosenKeep: host.chosenKeep,
+      rejectedLength: host.width, rejectedKeep: host.rejectedKeep,
+    }),
+  };
+}
+
+/** Per-token log-probs of chosen and rejected under `model`, [pairs, R] each, from one forward pass over both. */
+function sideLogProbs(model: VisionLanguageModel, host: HostBatch, t: BatchInputs): [tf.Tensor2D, tf.Tensor2D] {
+  const images = t.images && tf.concat([t.images, t.images]) as tf.Tensor4D;
+  const { logps, mask } = model.responseLogProbs({
+    images, hasImage: [...t.hasImage, ...t.hasImage],
+    promptIds: [...host.promptIds, ...host.promptIds], responseIds: [...host.chosenIds, ...host.rejectedIds],
+  });
+  mask.dispose();
+  const { pairs, width } = host;
+  return [tf.slice(logps, [0, 0], [pairs, width]), tf.slice(logps, [pairs, 0], [pairs, width])];
+}
+
+/** Reference log-probs of both sides: the batch's stored ones, or a forward pass of `reference` (no gradient). */
+function referenceLogProbs(reference: VisionLanguageModel | undefined, host: HostBatch, t: BatchInputs): [Float32Array, Float32Array] {
+  if (host.chosenRefLogps && host.rejectedRefLogps) return [host.chosenRefLogps, host.rejectedRefLogps];
+  if (!reference) throw new Error('the batch holds no reference log-probs and no reference model was given');
+  const logps = tf.tidy(() => sideLogProbs(reference, host, t));
+  const arrays = logps.map((side) => side.dataSync() as Float32Array);
+  tf.dispose(logps);
+  return [arrays[0]!, arrays[1]!];
+}
+
+function lossInputs<P>(t: BatchInputs, host: HostBatch, policy: [P, P], ref: [Float32Array, Float32Array]): LossInputs<P> {
+  return {
+    layout: t.layout,
+    chosen: { policyLogps: policy[0], refLogps: ref[0] },
+    rejected: { policyLogps: policy[1], refLogps: ref[1] },
+    similarity: host.similarity,
+  };
+}
+
+/**
+ * The preference loss of a shard's pairs under `policy` and its gradient by weight name, as arrays, with the
+ * shard's metric sums: what a gradient worker sends back, and what the trainer computes for its own shard. The
+ * loss is a mean over the shard's pairs, so `combineShards` weighs the shards by their pair counts.
+ */
+export async function preferenceShardGradient(policy: VisionLanguageModel, reference: VisionLanguageModel | undefined,
+  shard: PreferenceShard, config: AspoLossConfig): Promise<ShardGradient> {
+  const t = batchInputs(shard, policy.config.imageSize);
+  try {
+    const ref = referenceLogProbs(reference, shard.host, t);
+    let values: LossValues | undefined;
+    const { value, grads } = policy.gradients(() => {
+      const output = aspoLoss(lossInputs(t, shard.host, sideLogProbs(policy, shard.host, t), ref), config);
+      values = output.values;
+      return output.loss;
+    });
+    const out: Record<string, Float32Array> = {};
+    for (const [name, g] of Object.entries(grads)) out[name] = (await g.data()) as Float32Array;
+    tf.dispose([value, ...Object.values(grads)]);
+    return { grads: out, loss: values!.loss, count: t.layout.pairs, metrics: lossMetricSums(values!) };
+  } finally {
+    t.images?.dispose();
+  }
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Trainer
 
 export class PreferenceTrainer {
+  private workers?: GradientWorkers;
+
   private constructor(
     readonly options: PreferenceOptions,
     readonly policy: VisionLanguageModel,
@@ -313,41 +392,6 @@ export class PreferenceTrainer {
     return batchIndices(step, this.train.length, this.options.batchSize, this.options.seed).map((i) => this.train[i]!);
   }
 
-  private inputsOf(host: HostBatch): BatchInputs {
-    const pixels = host.imageIds.map((id) => (id === null ? null : this.images.get(id)!));
-    const { pairs, width } = host;
-    return {
-      images: pixels.some(Boolean) ? stackImages(pixels, this.policy.config.imageSize) : null,
-      hasImage: pixels.map(Boolean),
-      layout: buildLayout({
-        batch: pairs, numSentences: host.numSentences,
-        chosenLength: width, chosenIds: host.chosenSentenceIds, chosenKeep: host.chosenKeep,
-        rejectedLength: width, rejectedKeep: host.rejectedKeep,
-      }),
-    };
-  }
-
-  /** Per-token log-probs of chosen and rejected under `model`, [pairs, R] each, from one forward pass over both. */
-  private sideLogProbs(model: VisionLanguageModel, host: HostBatch, t: BatchInputs): [tf.Tensor2D, tf.Tensor2D] {
-    const images = t.images && tf.concat([t.images, t.images]) as tf.Tensor4D;
-    const { logps, mask } = model.responseLogProbs({
-      images, hasImage: [...t.hasImage, ...t.hasImage],
-      promptIds: [...host.promptIds, ...host.promptIds], responseIds: [...host.chosenIds, ...host.rejectedIds],
-    });
-    mask.dispose();
-    const { pairs, width } = host;
-    return [tf.slice(logps, [0, 0], [pairs, width]), tf.slice(logps, [pairs, 0], [pairs, width])];
-  }
-
-  /** Reference log-probs of both sides: the stored ones, or a forward pass of the reference (no gradient). */
-  private referenceLogProbs(host: HostBatch, t: BatchInputs): [Float32Array, Float32Array] {
-    if (this.refSource === 'shards') return [host.chosenRefLogps!, host.rejectedRefLogps!];
-    const logps = tf.tidy(() => this.sideLogProbs(this.reference, host, t));
-    const arrays = logps.map((side) => side.dataSync() as Float32Array);
-    tf.dispose(logps);
-    return [arrays[0]!, arrays[1]!];
-  }
-
   collate(pairs: ShardPair[]): HostBatch {
     return collatePairs(pairs, { similarity: this.usesSimilarity, storedRefs: this.refSource === 'shards' });
   }
@@ -356,42 +400,65 @@ export class PreferenceTrainer {
     return this.options.loss.lossType === 'aspo' && this.options.loss.alpha > 0;
   }
 
-  private lossInputs<P>(t: BatchInputs, host: HostBatch, policy: [P, P], ref: [Float32Array, Float32Array]): LossInputs<P> {
-    return {
-      layout: t.layout,
-      chosen: { policyLogps: policy[0], refLogps: ref[0] },
-      rejected: { policyLogps: policy[1], refLogps: ref[1] },
-      similarity: host.similarity,
-    };
+  /** The collated pairs with their images' pixels. */
+  private shardOf(pairs: ShardPair[]): PreferenceShard {
+    return { host: this.collate(pairs), pixels: pairs.map((p) => (p.imageId === null ? null : this.images.get(p.imageId)!)) };
   }
 
   /** The loss metrics of `pairs` under the current policy, without a gradient or an update. */
   async lossOf(pairs: ShardPair[]): Promise<LossMetrics> {
-    const host = this.collate(pairs);
-    const t = this.inputsOf(host);
-    const ref = this.referenceLogProbs(host, t);
-    const logps = tf.tidy(() => this.sideLogProbs(this.policy, host, t));
+    const shard = this.shardOf(pairs);
+    const t = batchInputs(shard, this.policy.config.imageSize);
+    const ref = referenceLogProbs(this.reference, shard.host, t);
+    const logps = tf.tidy(() => sideLogProbs(this.policy, shard.host, t));
     const policy = logps.map((side) => side.dataSync()) as [Float32Array, Float32Array];
     tf.dispose([...logps, t.images ?? []]);
-    return lossMetrics(lossForward(this.lossInputs(t, host, policy, ref), this.options.loss));
+    return lossMetrics(lossForward(lossInputs(t, shard.host, policy, ref), this.options.loss));
+  }
+
+  /**
+   * Computes the gradients on `count` extra worker threads as well as this one from the next step on (data
+   * parallelism, see parallel.ts): each takes a contiguous share of the batch's pairs, with their reference
+   * log-probs when the shards hold them (otherwise each worker runs its own copy of the reference). The workers
+   * load `backend`, which should be the one this thread uses.
+   */
+  async useWorkers(count: number, backend: string): Promise<void> {
+    await this.workers?.close();
+    this.workers = count > 0 ? await GradientWorkers.start(count, {
+      config: this.policy.config, backend, loss: this.options.loss,
+      reference: this.refSource === 'model' ? await this.reference.values() : undefined,
+    }) : undefined;
+  }
+
+  /** Threads computing each step's gradient (1 + gradient workers). */
+  get threads(): number {
+    return 1 + (this.workers?.size ?? 0);
+  }
+
+  /**
+   * The loss of `pairs` and its gradient, on this thread alone or in shards on this thread and each worker at
+   * once, with the batch's metrics. A function of the pairs and the thread count (through float rounding only).
+   */
+  async batchGradient(pairs: ShardPair[]): Promise<{ grads: Record<string, Float32Array>; metrics: LossMetrics }> {
+    const [own, ...others] = evenSlices(pairs, this.threads).map((part) => this.shardOf(part));
+    // The workers' shards are posted before this thread starts on its own, so all of them run at once.
+    const fromWorkers = others.length ? this.workers!.preferenceGradients(await this.policy.values(), others) : Promise.resolve([]);
+    const reference = this.refSource === 'model' ? this.reference : undefined;
+    const parts = [await preferenceShardGradient(this.policy, reference, own!, this.options.loss), ...await fromWorkers];
+    return { grads: combineShards(parts).grads, metrics: metricsOfSums(addMetricSums(parts.map((p) => p.metrics!))) };
   }
 
   /** One optimizer step on the batch the seed assigns to the current step. */
   async trainStep(): Promise<PreferenceStepStats> {
-    const host = this.collate(this.pairsOfStep(this.step));
-    const t = this.inputsOf(host);
-    const ref = this.referenceLogProbs(host, t);
-    let values: LossValues | undefined;
-    const { value, grads } = this.policy.gradients(() => {
-      const output = aspoLoss(this.lossInputs(t, host, this.sideLogProbs(this.policy, host, t), ref), this.options.loss);
-      values = output.values;
-      return output.loss;
-    });
+    const pairs = this.pairsOfStep(this.step);
+    const { grads, metrics } = await this.batchGradient(pairs);
+    const byName: Record<string, tf.Tensor> = {};
+    for (const [name, g] of Object.entries(grads)) byName[name] = tf.tensor(g, this.policy.weights[name]!.shape, 'float32');
     const lr = learningRate(this.step, this.totalSteps, this.options);
-    const gradNorm = this.optimizer.apply(grads, lr);
-    tf.dispose([value, ...Object.values(grads), t.images ?? []]);
+    const gradNorm = this.optimizer.apply(byName, lr);
+    tf.dispose(Object.values(byName));
     this.step += 1;
-    return { step: this.step, metrics: lossMetrics(values!), lr, gradNorm, pairs: host.pairs };
+    return { step: this.step, metrics, lr, gradNorm, pairs: pairs.length };
   }
 
   /** Loss metrics over the eval split (pair-weighted means of batch means), and probe sentence accuracy with --probes. */
@@ -421,6 +488,8 @@ export class PreferenceTrainer {
   }
 
   dispose(): void {
+    void this.workers?.close();
+    this.workers = undefined;
     this.optimizer.dispose();
     this.policy.dispose();
     this.reference.dispose();

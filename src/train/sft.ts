@@ -222,7 +222,7 @@ export async function shardGradient(model: VisionLanguageModel, batch: Batch): P
   for (const [name, g] of Object.entries(grads)) out[name] = (await g.data()) as Float32Array;
   const loss = (await value.data())[0]!;
   tf.dispose([value, ...Object.values(grads)]);
-  return { grads: out, loss, tokens: lossTokens(batch) };
+  return { grads: out, loss, count: lossTokens(batch) };
 }
 
 /**

@@ -33,6 +33,7 @@ const COMMON_OPTIONS = {
   'save-every': { type: 'string' },
   'log-every': { type: 'string' },
   resume: { type: 'boolean', default: false },
+  workers: { type: 'string', default: 'auto' },
 } as const satisfies Options;
 
 type Values = Record<string, string | boolean | undefined>;
@@ -55,7 +56,6 @@ const OBJECTIVES: Record<string, Objective> = {
       '                  [--width N] [--layers N] [--heads N] [--context N] [--mlp-ratio N] [--vocab-size N] [--workers N|auto]',
     options: {
       data: { type: 'string' },
-      workers: { type: 'string', default: 'auto' },
       eval: { type: 'string' },
       width: { type: 'string' },
       layers: { type: 'string' },
@@ -91,8 +91,8 @@ const USAGE = Object.values(OBJECTIVES).map((o) => o.usage).join('\n') + '\n\n' 
   `  --stem-channels N  channels of the convolutional image stem; 0 projects raw patches (default ${d.model.stemChannels})\n` +
   `  --image-heads N    heads per layer that attend to the visual tokens only, at most --heads (default: half of --heads, ${Math.floor(d.model.heads / 2)})\n` +
   `  --vocab-size N     tokenizer vocabulary cap (default ${d.vocabSize})\n` +
-  '  --workers N|auto   extra threads that compute gradients on shards of each batch (data parallelism); auto\n' +
-  '                     (default): one per spare core on the wasm and cpu backends, none on native TensorFlow\n' +
+  '  --workers N|auto   extra threads that compute gradients on shards of each batch (data parallelism; every\n' +
+  '                     objective); auto (default): one per spare core on the wasm and cpu backends, none on native TensorFlow\n' +
   `  --eval-every/--save-every/--log-every N   steps (default ${d.evalEvery}/${d.saveEvery}/${d.logEvery})\n\n` +
   '  Preference training (dpo, aspo) starts the policy from the --ref checkpoint and trains on the pairs of a shard\n' +
   '  set (`aspo shard`); aspo weights each sentence of the chosen response (sentence-level preference optimization).\n\n' +
@@ -194,14 +194,14 @@ async function runSftCommand(values: Values): Promise<number> {
     trainer.dispose();
     return 0;
   }
-  const workers = values.workers === 'auto' ? autoWorkers(backend) : integer(values, 'workers', 0, 0);
+  const workers = workerCount(values, backend);
   await trainer.useWorkers(workers, backend);
   if (trainer.skipped.length) {
     process.stderr.write(`train: ${trainer.skipped.length} rows skipped: longer than the model's text context (raise --context)\n`);
   }
   process.stderr.write(`train: run ${trainer.runId}, ${trainer.model.parameterCount.toLocaleString('en-US')} parameters, ` +
     `${trainer.tokenizer.vocabSize} tokens, ${trainer.trainRows} rows, step ${trainer.step} of ${trainer.totalSteps}` +
-    `, ${workers ? `${workers + 1} threads (${workers} gradient worker${workers > 1 ? 's' : ''})` : '1 thread'}\n`);
+    `, ${threadsNote(workers)}\n`);
   const progress = new Progress({ label: 'train', total: trainer.totalSteps - trainer.step, unit: 'steps' });
   let accuracy = '';
   let tokens = 0;
@@ -233,7 +233,7 @@ function preferenceObjective(objective: PreferenceObjective): Objective {
       (objective === 'aspo' ? '                  [--beta X] [--alpha X] [--scale X] [--normalize none|mass] [--detach-weights true|false]\n' +
         '                  [--ref-weights shared|own] [--ppl-source policy|reference]\n' : '                  [--beta X]\n') +
       '                  [--steps N | --epochs N] [--batch-size N] [--lr X] [--warmup-steps N] [--clip-norm X] [--weight-decay X]\n' +
-      '                  [--seed N] [--eval-every N] [--save-every N] [--log-every N] [--backend NAME] [--resume]',
+      '                  [--seed N] [--eval-every N] [--save-every N] [--log-every N] [--backend NAME] [--resume] [--workers N|auto]',
     options: {
       shards: { type: 'string' },
       ref: { type: 'string' },
@@ -293,6 +293,8 @@ async function runPreferenceCommand(objective: PreferenceObjective, values: Valu
     trainer.dispose();
     return 0;
   }
+  const workers = workerCount(values, backend);
+  await trainer.useWorkers(workers, backend);
   const { loss } = trainer.options;
   process.stderr.write(`train: reference log-probs ${trainer.refSource === 'shards'
     ? `stored in the shards (for ${trainer.referenceModel})` : `from a forward pass of ${trainer.referenceModel} each step (the shards hold none for it)`}\n`);
@@ -301,10 +303,11 @@ async function runPreferenceCommand(objective: PreferenceObjective, values: Valu
     : Object.entries(loss).filter(([k]) => k !== 'lossType').map(([k, v]) => `${k} ${v}`).join(', ');
   process.stderr.write(`train: run ${trainer.runId}, ${objective} (${lossSummary}), ${trainer.trainPairs} training pairs, ` +
     `${trainer.evalPairCount} eval pairs, ` +
-    `step ${trainer.step} of ${trainer.totalSteps}\n`);
+    `step ${trainer.step} of ${trainer.totalSteps}, ${threadsNote(workers)}\n`);
   const progress = new Progress({ label: 'train', total: trainer.totalSteps - trainer.step, unit: 'steps' });
   let evalNote = '';
   let pairs = 0;
+  // disposed on failure too: a live gradient worker would keep the process running
   const result = await withStore(values.db as string, async (store) => runPreference(trainer, {
     metrics: new StoreMetrics(store),
     backend,
@@ -323,13 +326,21 @@ async function runPreferenceCommand(objective: PreferenceObjective, values: Valu
       evalNote = stats.pairs ? ` eval acc ${(100 * stats.metrics['rewards/accuracies']!).toFixed(0)}%` : '';
       process.stderr.write(`\rtrain: step ${at.step}: ${parts.join(', ')}\x1b[K\n`);
     },
-  }));
-  trainer.dispose();
+  })).finally(() => trainer.dispose());
   progress.done(`${result.steps} steps, loss ${result.train.loss?.toFixed(3)}` +
     (result.eval?.pairs ? `, eval reward accuracy ${(100 * result.eval.metrics['rewards/accuracies']!).toFixed(1)}%` : '') +
     `, ${result.pairsPerSecond.toFixed(1)} pairs/s in ${result.seconds.toFixed(1)} s → ${values.out}`);
   process.stdout.write(JSON.stringify({ ...result, backend, checkpoint: values.out }) + '\n');
   return 0;
+}
+
+/** Extra gradient workers for --workers N|auto on `backend`. */
+function workerCount(values: Values, backend: string): number {
+  return values.workers === 'auto' ? autoWorkers(backend) : integer(values, 'workers', 0, 0);
+}
+
+function threadsNote(workers: number): string {
+  return workers ? `${workers + 1} threads (${workers} gradient worker${workers > 1 ? 's' : ''})` : '1 thread';
 }
 
 /** Checks --out against --resume; returns whether the run resumes. */
