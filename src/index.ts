@@ -11,6 +11,7 @@ export { segmentLine, segmentJsonLines, type SegmentedLine } from './segment/jso
 export { segmentStage, pairSentenceRows, type SegmentStageOptions, type SegmentStageResult, type SentenceRow } from './segment/stage.js';
 export { synthesize, loadScenes, resolveSynthOptions, SYNTH_DEFAULTS, SYNTH_VERSION, type SynthOptions, type SynthSummary, type SceneRecord } from './synth/synthesize.js';
 export { judgeSentence, judgeResponse, splitResponse, type ResponseJudgement } from './synth/judge.js';
+export { onPolicyPairs, sampleResponses, formPairs, choosePair, corruptLabels, readJudgements, readSamples, ON_POLICY_DEFAULTS, type OnPolicyOptions, type OnPolicyPair, type OnPolicySummary, type Sample as OnPolicySample, type JudgedSample } from './synth/on-policy.js';
 export { planDataset, type PairRecord as SynthPairRecord, type SftRecord, type EvalRecord, type Probe } from './synth/dataset.js';
 export { evaluateClaim, trueClaims, hallucinate, type Claim, type Truth } from './synth/claims.js';
 export { parseSentence, renderClaim, TEMPLATES } from './synth/templates.js';

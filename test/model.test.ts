@@ -2,7 +2,7 @@ import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { initBackend, tf } from '../src/train/backend.js';
 import {
-  causalSoftmax, dense, DEFAULT_MODEL_CONFIG, gelu, layerNorm, layoutBatch, matMulFast, neighbourhoods3x3, parameterShapes, VisionLanguageModel, type ModelConfig,
+  causalSoftmax, dense, DEFAULT_MODEL_CONFIG, gelu, layerNorm, layoutBatch, matMulFast, neighbourhoods3x3, parameterShapes, sampleToken, VisionLanguageModel, type ModelConfig,
 } from '../src/train/model.js';
 import { BOS_ID, EOS_ID } from '../src/train/tokenizer.js';
 import { Rng } from '../src/util/random.js';
@@ -360,6 +360,26 @@ test('sampled generation is reproducible from its seed', async () => {
   const draws = await Promise.all([2, 3, 4, 5].map((seed) => model.generate({ ...options, seed })));
   assert.ok(draws.some((d) => JSON.stringify(d) !== JSON.stringify(a)), 'different seeds never gave different samples');
   model.dispose();
+});
+
+test('nucleus sampling (top-p) draws only from the most likely tokens that first reach p, in their proportions', () => {
+  const probabilities = [0.05, 0.5, 0.15, 0.3]; // sorted: token 1 (0.5), 3 (0.3), 2 (0.15), 0 (0.05)
+  const logits = Float32Array.from(probabilities, Math.log);
+  const draw = (options: { temperature: number; topK?: number; topP?: number }, n: number) => {
+    const rng = new Rng(5);
+    const counts = [0, 0, 0, 0];
+    for (let i = 0; i < n; i++) counts[sampleToken(logits, options, rng)]!++;
+    return counts.map((c) => c / n);
+  };
+  // p = 0.75: 0.5 is short of it, 0.5 + 0.3 reaches it, so tokens 1 and 3 in the ratio 5 : 3
+  const nucleus = draw({ temperature: 1, topP: 0.75 }, 4000);
+  assert.deepEqual([nucleus[0], nucleus[2]], [0, 0]);
+  assert.ok(Math.abs(nucleus[1]! - 0.625) < 0.03, `token 1: ${nucleus[1]}`);
+  // p = 0.5 is reached by the first token alone; p = 1 keeps all, in their probabilities
+  assert.deepEqual(draw({ temperature: 1, topP: 0.5 }, 200), [0, 1, 0, 0]);
+  draw({ temperature: 1 }, 8000).forEach((f, i) => assert.ok(Math.abs(f - probabilities[i]!) < 0.02, `token ${i}: ${f}`));
+  // top-k first, then the nucleus of what is left: k = 3, renormalised 0.5/0.95 alone does not reach 0.9
+  assert.equal(draw({ temperature: 1, topK: 3, topP: 0.9 }, 2000)[0], 0);
 });
 
 test('initialisation is a function of the seed', async () => {

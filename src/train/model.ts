@@ -121,6 +121,8 @@ export interface GenerateOptions {
   temperature?: number;
   /** Keep only the k most likely tokens when sampling (default: all). */
   topK?: number;
+  /** Nucleus sampling: keep the most likely tokens whose probabilities first reach p together (default 1: all). */
+  topP?: number;
   seed?: number;
 }
 
@@ -429,7 +431,7 @@ export class VisionLanguageModel {
 
   /** Greedy (temperature 0) or sampled continuations of each prompt, as token ids without EOS. */
   async generate(options: GenerateOptions): Promise<number[][]> {
-    const { promptIds, maxTokens, temperature = 0, topK } = options;
+    const { promptIds, maxTokens, temperature = 0, topK, topP } = options;
     const rng = new Rng(options.seed ?? 0);
     const batch = promptIds.length;
     const limit = textContext(this.config);
@@ -450,7 +452,7 @@ export class VisionLanguageModel {
       for (let b = 0; b < batch; b++) {
         if (!active[b]) continue;
         const row = logits.subarray(b * this.config.vocabSize, (b + 1) * this.config.vocabSize);
-        const next = temperature > 0 ? sampleToken(row, temperature, topK, rng) : argmax(row);
+        const next = temperature > 0 ? sampleToken(row, { temperature, topK, topP }, rng) : argmax(row);
         if (next === EOS_ID) active[b] = false;
         else {
           outputs[b]!.push(next);
@@ -578,12 +580,21 @@ function argmax(values: Float32Array): number {
   return best;
 }
 
-/** Draws a token from softmax(logits / temperature), optionally restricted to the top k. */
-export function sampleToken(logits: Float32Array, temperature: number, topK: number | undefined, rng: Rng): number {
-  let candidates = Array.from(logits.keys());
-  if (topK && topK < candidates.length) candidates = candidates.sort((a, b) => logits[b]! - logits[a]!).slice(0, topK);
-  const max = Math.max(...candidates.map((i) => logits[i]!));
-  const weights = candidates.map((i) => Math.exp((logits[i]! - max) / temperature));
+/** Draws a token from softmax(logits / temperature), optionally restricted to the top k and to the nucleus of mass p. */
+export function sampleToken(logits: Float32Array, options: { temperature: number; topK?: number; topP?: number }, rng: Rng): number {
+  const { temperature, topK, topP = 1 } = options;
+  // most likely first; ties by token id, so the order (and the draw) is reproducible
+  let candidates = Array.from(logits.keys()).sort((a, b) => logits[b]! - logits[a]! || a - b);
+  if (topK && topK < candidates.length) candidates = candidates.slice(0, topK);
+  const max = logits[candidates[0]!]!;
+  let weights = candidates.map((i) => Math.exp((logits[i]! - max) / temperature));
+  if (topP < 1) {
+    const total = weights.reduce((a, b) => a + b, 0);
+    let kept = 0;
+    for (let mass = 0; kept < weights.length && mass < topP * total; kept++) mass += weights[kept]!;
+    candidates = candidates.slice(0, Math.max(1, kept));
+    weights = weights.slice(0, candidates.length);
+  }
   let r = rng.next() * weights.reduce((a, b) => a + b, 0);
   for (let k = 0; k < candidates.length; k++) {
     r -= weights[k]!;
