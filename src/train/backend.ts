@@ -1,13 +1,22 @@
 import { createRequire } from 'node:module';
 import path from 'node:path';
-import * as tf from '@tensorflow/tfjs';
+// The core (ops, autodiff, optimizers) and the backends the toolkit runs on, not the @tensorflow/tfjs umbrella, whose
+// WebGL backend, converter and data packages nothing here uses. tfjs-core's Node build registers no gradient
+// functions; tfjs-layers' build registers TensorFlow.js's gradient of every op when it loads (the umbrella gets them
+// the same way), so it is imported for that alone.
+import * as tf from '@tensorflow/tfjs-core';
+import '@tensorflow/tfjs-layers';
+import '@tensorflow/tfjs-backend-cpu';
 
 export const BACKENDS = ['tensorflow-gpu', 'tensorflow', 'wasm', 'cpu'] as const;
 export type BackendName = (typeof BACKENDS)[number] | 'auto';
 
 const require = createRequire(import.meta.url);
 
-/** Native bindings register the backend named "tensorflow" when their package loads. */
+/**
+ * Native bindings register the backend named "tensorflow" when their package loads. They are optional peer
+ * dependencies, installed by the user who wants them (README, "GPU"); they register on the same tfjs-core engine.
+ */
 const NATIVE_PACKAGES: Record<string, string> = {
   'tensorflow-gpu': '@tensorflow/tfjs-node-gpu',
   tensorflow: '@tensorflow/tfjs-node',
@@ -25,7 +34,7 @@ async function tryBackend(name: (typeof BACKENDS)[number]): Promise<boolean> {
       wasm.setWasmPaths(dist);
       return await tf.setBackend('wasm');
     }
-    return await tf.setBackend('cpu');
+    return await tf.setBackend('cpu');  // registered by the import of tfjs-backend-cpu above
   } catch {
     return false;
   }
