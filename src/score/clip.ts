@@ -151,8 +151,8 @@ export class ClipEncoder {
     const requested = options.device ?? 'auto';
     if (requested === 'cuda' && !onnxRuntimeHasCuda()) {
       throw new ClipModelError('--device cuda: onnxruntime-node here has no CUDA provider (libonnxruntime_providers_cuda.so ' +
-        'is not installed; npm config can skip its download, as this repository\'s .npmrc does). Install onnxruntime-node ' +
-        'with its CUDA provider on a machine with CUDA, or use --device cpu or auto.');
+        'is not installed: npm ci never downloads it). On a machine with CUDA, install it as the README\'s "GPU" ' +
+        'section says, or use --device cpu or auto.');
     }
     let device: 'cpu' | 'cuda' = requested === 'auto' ? (onnxRuntimeHasCuda() ? 'cuda' : 'cpu') : requested;
     let models: [PreTrainedModel, PreTrainedModel];
