@@ -5,6 +5,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 
 import path from 'node:path';
 import sharp from 'sharp';
 import { tableFromIPC } from 'apache-arrow';
+import { parquetMetadata, parquetReadObjects } from 'hyparquet';
 import { Store, withStore } from '../src/store/store.js';
 import { ingest } from '../src/ingest/ingest.js';
 import { segmentStage } from '../src/segment/stage.js';
@@ -14,6 +15,7 @@ import { exportAspoReference, exportTable, exportTrl, readOnlyQuery, shardName }
 import { sha256Hex } from '../src/util/hash.js';
 import { writeTinyClip } from './clip-fixture.js';
 import { CLI, tempDir } from './support.js';
+import { dataPreprocess, getItem } from './aspo-reference-reader.js';
 
 const png = (r: number, g: number, b: number) =>
   sharp({ create: { width: 12, height: 10, channels: 3, background: { r, g, b } } }).png().toBuffer();
@@ -83,6 +85,9 @@ test('--partition-by writes Hive folders that read back with hive_partitioning',
   assert.equal(result.stdout, '');
   assert.deepEqual(readdirSync(out).sort(), ['side=chosen', 'side=rejected']);
   assert.ok(readdirSync(path.join(out, 'side=chosen')).every((d) => /^shared=(true|false)$/.test(d)));
+  const written = readdirSync(out, { recursive: true }).filter((f) => String(f).endsWith('.parquet'));
+  assert.ok(written.length >= 2);
+  assert.match(result.stderr, new RegExp(`\\(${written.length} files\\)`), 'the summary counts the files written');
   await readOnly(db, async (store) => {
     assert.deepEqual(await exceptBothWays(store, 'SELECT pair_id, side, idx, text, shared FROM sentences',
       `SELECT pair_id, side, idx, text, shared::BOOLEAN FROM read_parquet('${out}/**/*.parquet', hive_partitioning = true)`), [0, 0]);
@@ -152,7 +157,7 @@ test('JSON Lines of the pairs with their images (as data: URIs) ingest back to t
 });
 
 interface TrlRow {
-  pair_id: string; prompt: string; chosen: string; rejected: string;
+  pair_id: string; prompt: unknown; chosen: unknown; rejected: unknown;
   images: { bytes: Uint8Array; path: string }[];
   chosen_sentence_spans: { char_start: number; char_end: number }[] | null;
   rejected_sentence_spans: { char_start: number; char_end: number }[] | null;
@@ -160,35 +165,65 @@ interface TrlRow {
   chosen_sentence_rewards?: (number | null)[] | null;
 }
 
-test('TRL export: shards with the TRL schema and Hugging Face features, spans and weights from the store, ingestable', async () => {
+/** A TRL shard folder read with hyparquet, a Parquet reader independent of the DuckDB that wrote it (utf8: false: only
+ *  columns annotated as strings become strings, so image bytes stay bytes): rows of every
+ *  file in name order, and each file's `huggingface` features. */
+async function readShards(out: string): Promise<{ rows: TrlRow[]; features: Record<string, unknown>[]; columns: string[][] }> {
+  const rows: TrlRow[] = [];
+  const features: Record<string, unknown>[] = [];
+  const columns: string[][] = [];
+  for (const name of readdirSync(out).sort()) {
+    const bytes = readFileSync(path.join(out, name));
+    const file = bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength) as ArrayBuffer;
+    const metadata = parquetMetadata(file);
+    const huggingface = metadata.key_value_metadata?.find((kv) => kv.key === 'huggingface');
+    assert.ok(huggingface?.value, `${name} carries Hugging Face features`);
+    features.push(JSON.parse(huggingface.value).info.features);
+    columns.push(topLevelNames(metadata.schema));
+    rows.push(...(await parquetReadObjects({ file, utf8: false })) as unknown as TrlRow[]);
+  }
+  return { rows: rows.sort((a, b) => (a.pair_id < b.pair_id ? -1 : 1)), features, columns };
+}
+
+/** The top-level column names of a flattened Parquet schema (depth-first, each group followed by its children). */
+function topLevelNames(schema: { name: string; num_children?: number }[]): string[] {
+  const after = (k: number): number => {
+    let next = k + 1;
+    for (let child = 0; child < (schema[k]!.num_children ?? 0); child++) next = after(next);
+    return next;
+  };
+  const names: string[] = [];
+  for (let k = 1; k < schema.length; k = after(k)) names.push(schema[k]!.name);
+  return names;
+}
+
+const message = [{ content: [{ text: { dtype: 'string', _type: 'Value' }, type: { dtype: 'string', _type: 'Value' } }], role: { dtype: 'string', _type: 'Value' } }];
+
+test('TRL export: the conversational vision layout, Hugging Face features, spans and weights from the store, ingestable', async () => {
   const { db, dir } = await built;
   const out = path.join(dir, 'trl');
   const result = cli(['--db', db, '--format', 'trl', '--out', out, '--rows-per-shard', '2', '--alpha', '1']);
   assert.equal(result.status, 0, result.stderr);
   assert.deepEqual(readdirSync(out).sort(), [0, 1, 2].map((k) => shardName(k, 3)));
+  const { rows, features, columns } = await readShards(out);
+  const names = ['pair_id', 'prompt', 'chosen', 'rejected', 'images', 'chosen_sentence_spans', 'rejected_sentence_spans', 'chosen_sentence_weights'];
+  for (const [k, feature] of features.entries()) {
+    assert.deepEqual(columns[k], names);
+    assert.deepEqual(Object.keys(feature), names);
+    assert.deepEqual(feature.prompt, message);
+    assert.deepEqual(feature.chosen, message);
+    assert.deepEqual(feature.rejected, message);
+    assert.deepEqual(feature.images, [{ _type: 'Image' }]);
+    assert.deepEqual(feature.chosen_sentence_spans, [{ char_start: { dtype: 'int32', _type: 'Value' }, char_end: { dtype: 'int32', _type: 'Value' } }]);
+    assert.deepEqual(feature.chosen_sentence_weights, [{ dtype: 'float64', _type: 'Value' }]);
+  }
   await readOnly(db, async (store) => {
-    const glob = `'${out}/*.parquet'`;
-    const schema = await store.all<{ name: string; type: string }>(`SELECT column_name AS name, column_type AS type FROM (DESCRIBE SELECT * FROM read_parquet(${glob}))`);
-    assert.deepEqual(schema, [
-      { name: 'pair_id', type: 'VARCHAR' }, { name: 'prompt', type: 'VARCHAR' }, { name: 'chosen', type: 'VARCHAR' },
-      { name: 'rejected', type: 'VARCHAR' }, { name: 'images', type: 'STRUCT(bytes BLOB, path VARCHAR)[]' },
-      { name: 'chosen_sentence_spans', type: 'STRUCT(char_start INTEGER, char_end INTEGER)[]' },
-      { name: 'rejected_sentence_spans', type: 'STRUCT(char_start INTEGER, char_end INTEGER)[]' },
-      { name: 'chosen_sentence_weights', type: 'DOUBLE[]' },
-    ]);
     // The Parquet physical types the datasets Image feature expects: bytes as binary (no string annotation).
     const leaves = await store.all<{ name: string; type: string; logical: string | null }>(
-      `SELECT name, type, converted_type AS logical FROM parquet_schema('${path.join(out, shardName(0, 3))}') WHERE name IN ('bytes', 'path', 'prompt')`);
-    assert.deepEqual(leaves.map((l) => [l.name, l.type, l.logical]).sort(), [['bytes', 'BYTE_ARRAY', null], ['path', 'BYTE_ARRAY', 'UTF8'], ['prompt', 'BYTE_ARRAY', 'UTF8']]);
-    const metadata = await store.all<{ file: string; value: string }>(
-      `SELECT file_name AS file, decode(value) AS value FROM parquet_kv_metadata(${glob}) WHERE decode(key) = 'huggingface'`);
-    assert.equal(metadata.length, 3);
-    const features = JSON.parse(metadata[0]!.value).info.features;
-    assert.deepEqual(features.images, [{ _type: 'Image' }]);
-    assert.deepEqual(Object.keys(features), schema.map((c) => c.name));
-    assert.deepEqual(features.chosen_sentence_weights, [{ dtype: 'float64', _type: 'Value' }]);
-
-    const rows = await store.all<TrlRow>(`SELECT * FROM read_parquet(${glob}) ORDER BY pair_id`);
+      `SELECT name, type, converted_type AS logical FROM parquet_schema('${path.join(out, shardName(0, 3))}') WHERE name IN ('bytes', 'path', 'text', 'role')`);
+    assert.deepEqual(leaves.map((l) => [l.name, l.type, l.logical]).sort(),
+      [['bytes', 'BYTE_ARRAY', null], ['path', 'BYTE_ARRAY', 'UTF8'], ['role', 'BYTE_ARRAY', 'UTF8'], ['role', 'BYTE_ARRAY', 'UTF8'], ['role', 'BYTE_ARRAY', 'UTF8'],
+        ['text', 'BYTE_ARRAY', 'UTF8'], ['text', 'BYTE_ARRAY', 'UTF8'], ['text', 'BYTE_ARRAY', 'UTF8']]);
     const pairs = await store.all<{ pair_id: string; prompt: string; chosen: string; rejected: string; image_id: string | null }>('SELECT * FROM pairs ORDER BY pair_id');
     assert.deepEqual(rows.map((r) => r.pair_id), pairs.map((p) => p.pair_id));
     const sentences = await store.all<{ pair_id: string; side: string; text: string }>('SELECT * FROM sentences ORDER BY pair_id, side, idx');
@@ -196,7 +231,10 @@ test('TRL export: shards with the TRL schema and Hugging Face features, spans an
       "SELECT pair_id, weight, similarity FROM sentence_weights(alpha := 1.0) WHERE side = 'chosen' ORDER BY pair_id, idx");
     for (const [i, row] of rows.entries()) {
       const pair = pairs[i]!;
-      assert.deepEqual([row.prompt, row.chosen, row.rejected], [pair.prompt, pair.chosen, pair.rejected]);
+      const imagePart = pair.image_id ? [{ text: null, type: 'image' }] : [];
+      assert.deepEqual(row.prompt, [{ content: [...imagePart, { text: pair.prompt, type: 'text' }], role: 'user' }]);
+      assert.deepEqual(row.chosen, [{ content: [{ text: pair.chosen, type: 'text' }], role: 'assistant' }]);
+      assert.deepEqual(row.rejected, [{ content: [{ text: pair.rejected, type: 'text' }], role: 'assistant' }]);
       if (pair.image_id) {
         assert.equal(row.images.length, 1);
         assert.equal(sha256Hex(row.images[0]!.bytes), pair.image_id);
@@ -207,18 +245,27 @@ test('TRL export: shards with the TRL schema and Hugging Face features, spans an
       }
       const expected = weights.filter((w) => w.pair_id === pair.pair_id);
       if (pair.image_id) assert.deepEqual(row.chosen_sentence_weights, expected.map((w) => w.weight));
-      else assert.equal(row.chosen_sentence_weights, null, 'an unscored (text-only) pair has no weights');
+      else assert.equal(row.chosen_sentence_weights ?? null, null, 'an unscored (text-only) pair has no weights');
     }
     assert.ok(rows.some((r) => (r.chosen_sentence_weights ?? []).some((w) => w !== null && w > 0 && w < 1)), 'weights vary');
   });
-  // The shards are a dataset `aspo ingest` reads back into the same pairs.
-  const again = path.join(dir, 'again-trl.duckdb');
-  await withStore(again, async (store) => {
-    const summary = await ingest(store, readdirSync(out).map((f) => path.join(out, f)));
-    assert.equal(summary.rejected, 0);
-  });
+  // --layout plain: the same pairs with plain strings; both layouts are datasets `aspo ingest` reads back.
+  const plain = path.join(dir, 'trl-plain');
+  assert.equal(cli(['--db', db, '--format', 'trl', '--layout', 'plain', '--out', plain]).status, 0);
+  const plainShards = await readShards(plain);
+  assert.deepEqual(plainShards.features[0]!.prompt, { dtype: 'string', _type: 'Value' });
+  assert.deepEqual(plainShards.rows.map((r) => [r.pair_id, r.prompt, r.chosen]),
+    rows.map((r) => [r.pair_id, (r.prompt as { content: { text: string | null }[] }[])[0]!.content.at(-1)!.text, (r.chosen as { content: { text: string }[] }[])[0]!.content[0]!.text]));
+  assert.match(cli(['--db', db, '--format', 'trl', '--layout', 'chat', '--out', path.join(dir, 'x')]).stderr, /--layout must be one of conversational, plain/);
   const ids = async (file: string) => readOnly(file, async (s) => s.all('SELECT pair_id, image_id FROM pairs ORDER BY 1'));
-  assert.deepEqual(await ids(again), await ids(db));
+  for (const folder of [out, plain]) {
+    const again = path.join(dir, `again-${path.basename(folder)}.duckdb`);
+    await withStore(again, async (store) => {
+      const summary = await ingest(store, readdirSync(folder).map((f) => path.join(folder, f)));
+      assert.equal(summary.rejected, 0);
+    });
+    assert.deepEqual(await ids(again), await ids(db));
+  }
 });
 
 test('TRL export with --policy adds the chosen sentences\' rewards of that policy', async () => {
@@ -253,34 +300,84 @@ test('TRL export with --policy adds the chosen sentences\' rewards of that polic
   });
 });
 
-test('aspo-reference export: the documented fields, sentence lists and CLIP scores from the store, images once', async () => {
+test('aspo-reference export loads in the authors\' trainer: image_id, numbers for every sentence, min-max normalised per response', async () => {
   const { db, dir } = await built;
   const out = path.join(dir, 'reference');
   const summary = await readOnly(db, (store) => exportAspoReference(store, { out }));
   const records = JSON.parse(readFileSync(path.join(out, 'pairs.json'), 'utf8')) as Record<string, unknown>[];
-  assert.equal(summary.rows, 5);
-  assert.equal(summary.unsegmented, 0);
+  // The text-only pair is left out (the trainer opens an image for every element) and counted.
+  assert.equal(summary.rows, 4);
+  assert.deepEqual(summary.leftOut, { textOnly: 1, noSentences: 0, unscored: 0 });
+  // The trainer's data_preprocess and __getitem__, with the image folder as its our_data_path.
+  const samples = dataPreprocess(records, path.join(out, 'images'));
   await readOnly(db, async (store) => {
-    const pairs = await store.all<{ pair_id: string; prompt: string; chosen: string; rejected: string; image_id: string | null }>('SELECT * FROM pairs ORDER BY pair_id');
-    const sentences = await store.all<{ pair_id: string; side: string; text: string; similarity: number | null }>(
-      'SELECT s.pair_id, s.side, s.text, sc.similarity FROM sentences s LEFT JOIN sentence_scores sc USING (pair_id, side, idx) ORDER BY s.pair_id, s.side, s.idx');
+    const pairs = await store.all<{ pair_id: string; prompt: string; chosen: string; rejected: string; image_id: string }>(
+      'SELECT * FROM pairs WHERE image_id IS NOT NULL ORDER BY pair_id');
+    const sentences = await store.all<{ pair_id: string; side: string; text: string; similarity: number }>(
+      'SELECT s.pair_id, s.side, s.text, sc.similarity FROM sentences s JOIN sentence_scores sc USING (pair_id, side, idx) ORDER BY s.pair_id, s.side, s.idx');
+    assert.equal(records.length, pairs.length);
     for (const [i, record] of records.entries()) {
       const pair = pairs[i]!;
-      assert.deepEqual(Object.keys(record), ['id', 'image', 'question', 'chosen', 'reject', 'chosen_split', 'reject_split', 'chosen_clip_score', 'reject_clip_score']);
+      assert.deepEqual(Object.keys(record), ['id', 'image_id', 'question', 'chosen', 'reject', 'chosen_split', 'reject_split', 'chosen_clip_score', 'reject_clip_score']);
       assert.deepEqual([record.id, record.question, record.chosen, record.reject], [pair.pair_id, pair.prompt, pair.chosen, pair.rejected]);
-      const of = (side: string) => sentences.filter((s) => s.pair_id === pair.pair_id && s.side === side);
-      assert.deepEqual(record.chosen_split, of('chosen').map((s) => s.text));
-      assert.deepEqual(record.reject_split, of('rejected').map((s) => s.text));
-      assert.deepEqual(record.chosen_clip_score, of('chosen').map((s) => s.similarity));
-      assert.deepEqual(record.reject_clip_score, of('rejected').map((s) => s.similarity));
-      if (pair.image_id) {
-        assert.match(record.image as string, /^images\/[0-9a-f]{64}\.(png|jpg)$/);
-        assert.equal(sha256Hex(readFileSync(path.join(out, record.image as string))), pair.image_id);
-      } else assert.equal(record.image, null);
+      assert.match(record.image_id as string, /^[0-9a-f]{64}\.(png|jpg)$/);
+      assert.equal(sha256Hex(readFileSync(samples[i]!.image)), pair.image_id);
+      const item = await getItem(samples[i]!);
+      assert.deepEqual([item.width, item.height], [12, 10]);
+      for (const [key, side] of [['chosen', 'chosen'], ['reject', 'rejected']] as const) {
+        const own = sentences.filter((s) => s.pair_id === pair.pair_id && s.side === side);
+        assert.deepEqual(item[key].sentences, own.map((s) => s.text));
+        // scripts/4_normalize.py: (x - min) / (max - min + 1e-6) over the response's scores.
+        const raw = own.map((s) => s.similarity);
+        const lo = Math.min(...raw), hi = Math.max(...raw);
+        const expected = raw.map((x) => (x - lo) / (hi - lo + 1e-6));
+        item[key].scores.forEach((score, k) => assert.ok(Math.abs(score - expected[k]!) < 1e-9, `${key} ${k}: ${score} vs ${expected[k]}`));
+        assert.ok(item[key].scores.every((score) => score >= 0 && score < 1));
+      }
     }
+    assert.ok(records.some((r) => (r.chosen_clip_score as number[]).some((x) => x > 0.5)), 'normalised scores spread over [0, 1)');
   });
   // Two pairs share the red image: three distinct images, each written once.
   assert.equal(readdirSync(path.join(out, 'images')).length, 3);
+
+  // --scores raw: the stored similarities as they are; the CLI names what it left out.
+  const rawOut = path.join(dir, 'reference-raw');
+  const result = cli(['--db', db, '--format', 'aspo-reference', '--scores', 'raw', '--out', rawOut]);
+  assert.equal(result.status, 0, result.stderr);
+  assert.match(result.stderr, /4 rows .*left out: 1 text-only/);
+  const raw = JSON.parse(readFileSync(path.join(rawOut, 'pairs.json'), 'utf8')) as Record<string, unknown>[];
+  await readOnly(db, async (store) => {
+    for (const record of raw) {
+      const item = await getItem(dataPreprocess([record], path.join(rawOut, 'images'))[0]!);
+      const stored = await store.all<{ similarity: number }>(
+        "SELECT sc.similarity FROM sentences s JOIN sentence_scores sc USING (pair_id, side, idx) WHERE s.pair_id = ? AND s.side = 'chosen' ORDER BY s.idx", [record.id as string]);
+      assert.deepEqual(item.chosen.scores, stored.map((s) => s.similarity));
+    }
+  });
+  assert.equal(cli(['--db', db, '--format', 'aspo-reference', '--scores', 'softmax', '--out', path.join(dir, 'x')]).status, 2);
+  assert.match(cli(['--db', db, '--format', 'trl', '--scores', 'raw', '--out', path.join(dir, 'x')]).stderr, /--scores does not apply to --format trl/);
+});
+
+test('aspo-reference leaves out a pair with an unscored sentence, which the trainer could not use', async () => {
+  const { db, dir } = await built;
+  const copy = path.join(tempDir(), 'unscored.duckdb');
+  writeFileSync(copy, readFileSync(db));
+  const victim = await withStore(copy, async (store) => {
+    const pairId = await store.scalar<string>('SELECT min(pair_id) FROM pairs WHERE image_id IS NOT NULL');
+    await store.run("DELETE FROM sentence_scores WHERE pair_id = ? AND side = 'rejected' AND idx = 0", [pairId]);
+    return pairId;
+  });
+  const out = path.join(dir, 'reference-unscored');
+  const summary = await readOnly(copy, (store) => exportAspoReference(store, { out }));
+  assert.deepEqual(summary.leftOut, { textOnly: 1, noSentences: 0, unscored: 1 });
+  const records = JSON.parse(readFileSync(path.join(out, 'pairs.json'), 'utf8')) as { id: string }[];
+  assert.equal(records.length, 3);
+  assert.ok(!records.some((r) => r.id === victim));
+  // The reader fails where the trainer would: a null score, and the old layout without image_id.
+  const sample = { ...records[0]!, reject_clip_score: [null] } as Record<string, unknown>;
+  await assert.rejects(getItem(dataPreprocess([sample], path.join(out, 'images'))[0]!), /unsupported operand type/);
+  const { image_id: _dropped, ...withoutImageId } = records[0] as unknown as Record<string, unknown>;
+  assert.throws(() => dataPreprocess([withoutImageId], out), /KeyError: 'image_id'/);
 });
 
 test('refuses writing SQL, existing outputs without --force, and folders holding other files', async () => {

@@ -11,8 +11,10 @@ import path from 'node:path';
 import { StatementType } from '@duckdb/node-api';
 import type { Store } from '../store/store.js';
 import { writeArrow } from './arrow.js';
-import { ExportError, prepareFile, prepareFolder, quoteIdent, quoteString } from './output.js';
-import { aspoReferenceSql, imageFileName, trlFeatures, trlShardSql, type ShardRange } from './layouts.js';
+import { ExportError, filesUnder, prepareFile, prepareFolder, quoteIdent, quoteString } from './output.js';
+import {
+  ASPO_REFERENCE_SCORES, aspoReferenceLeftOutSql, aspoReferenceSql, imageFileName, TRL_LAYOUTS, trlFeatures, trlShardSql, type AspoReferenceScores, type ShardRange, type TrlLayout,
+} from './layouts.js';
 
 export const TABLE_FORMATS = ['parquet', 'arrow', 'csv', 'jsonl'] as const;
 export type TableFormat = (typeof TABLE_FORMATS)[number];
@@ -43,6 +45,9 @@ export interface TableExportOptions extends ExportCommon {
 }
 
 export interface TrlExportOptions extends ExportCommon {
+  /** `conversational` (default): prompt and responses as message lists with an image part, as TRL's vision datasets
+   *  have them; `plain`: the stored strings. */
+  layout?: TrlLayout;
   rowsPerShard?: number;
   /** Passed to the `sentence_weights` table macro; its defaults (0.5, 1) when absent. */
   alpha?: number;
@@ -56,8 +61,23 @@ export interface ExportSummary {
   /** Files written (Parquet shards or partitions, the JSON file and images, or the one output file). */
   files: string[];
   seconds: number;
-  /** aspo-reference: pairs left out because they have no sentences (run `aspo segment --db`). */
-  unsegmented?: number;
+  /** aspo-reference: the pairs its trainer cannot use, left out, by reason. */
+  leftOut?: AspoReferenceLeftOut;
+}
+
+export interface AspoReferenceLeftOut {
+  /** Pairs without an image: the trainer opens one for every element. */
+  textOnly: number;
+  /** Pairs with a response that has no sentences (not segmented yet, or empty). */
+  noSentences: number;
+  /** Pairs with a sentence that has no similarity (run `aspo score`): the trainer does arithmetic on every score. */
+  unscored: number;
+}
+
+export interface AspoReferenceOptions extends ExportCommon {
+  /** `normalized` (default): each response's scores min–max normalised, `(x − min) / (max − min + 1e−6)`, as the
+   *  authors' pipeline does before training; `raw`: `sentence_scores.similarity` as stored. */
+  scores?: AspoReferenceScores;
 }
 
 /**
@@ -180,7 +200,9 @@ export async function exportTable(store: Store, source: ExportSource, options: T
       const textSql = blobs.length ? `SELECT * REPLACE (${blobs.join(', ')}) FROM (${sql}\n)` : sql;
       return copy(store, textSql, out, options.format === 'csv' ? 'FORMAT csv, HEADER' : 'FORMAT json');
     });
-    return { rows, files: [out], seconds: (performance.now() - started) / 1000 };
+    // A partitioned export is a folder: its files are the Parquet files DuckDB wrote under it.
+    const files = partitionBy.length ? filesUnder(out).filter(isParquet).map((f) => path.join(out, f)) : [out];
+    return { rows, files, seconds: (performance.now() - started) / 1000 };
   });
 }
 
@@ -203,6 +225,8 @@ export async function exportTrl(store: Store, options: TrlExportOptions): Promis
   checkNumber(rowsPerShard, 'rows-per-shard', (n) => Number.isInteger(n) && n >= 1, 'a whole number ≥ 1');
   checkNumber(options.alpha, 'alpha', (n) => n >= 0 && n <= 1, 'between 0 and 1');
   checkNumber(options.scale, 'scale', (n) => n >= 0, '≥ 0');
+  const layout = options.layout ?? 'conversational';
+  if (!(TRL_LAYOUTS as readonly string[]).includes(layout)) throw new ExportError(`--layout must be one of ${TRL_LAYOUTS.join(', ')}, got "${layout}"`);
   if (options.policy !== undefined) await checkPolicy(store, options.policy);
   return withExportSettings(store, options, async () => {
     // Shard k holds the pairs from the k-th boundary (every rowsPerShard-th pair_id) up to the next one.
@@ -211,16 +235,16 @@ export async function exportTrl(store: Store, options: TrlExportOptions): Promis
        WHERE n % ${rowsPerShard} = 0 ORDER BY pair_id`)).map((r) => r.pair_id);
     const count = Math.max(boundaries.length, 1);
     prepareFolder(options.out, options.force ?? false, (f) => /^train-\d{5}-of-\d{5}\.parquet$/.test(f));
-    const features = trlFeatures(options.policy !== undefined);
+    const features = trlFeatures(layout, options.policy !== undefined);
     const metadata = `KV_METADATA {huggingface: ${quoteString(JSON.stringify({ info: { features } }))}, ` +
-      `aspo: ${quoteString(JSON.stringify({ alpha: options.alpha ?? null, scale: options.scale ?? null, policy: options.policy ?? null }))}}`;
+      `aspo: ${quoteString(JSON.stringify({ layout, alpha: options.alpha ?? null, scale: options.scale ?? null, policy: options.policy ?? null }))}}`;
     const files: string[] = [];
     let rows = 0;
     await removingOnFailure(options.out, async () => {
       for (let k = 0; k < count; k++) {
         const range: ShardRange = { from: boundaries[k], to: boundaries[k + 1] };
         const file = path.join(options.out, shardName(k, count));
-        rows += await copy(store, trlShardSql(range, options), file, `${PARQUET}, ${metadata}`);
+        rows += await copy(store, trlShardSql(range, { ...options, layout }), file, `${PARQUET}, ${metadata}`);
         files.push(file);
       }
     });
@@ -241,28 +265,33 @@ async function checkPolicy(store: Store, policy: string): Promise<void> {
 
 /**
  * The ASPO authors' JSON layout: `out/pairs.json` (one array of objects, see docs/export.md) and each image once in
- * `out/images/`. Pairs without sentences are left out (their split lists would be empty) and counted.
+ * `out/images/`. Only pairs their trainer can load are written; the others are counted in `leftOut`.
  */
-export async function exportAspoReference(store: Store, options: ExportCommon): Promise<ExportSummary> {
+export async function exportAspoReference(store: Store, options: AspoReferenceOptions): Promise<ExportSummary> {
   const started = performance.now();
+  const scores = options.scores ?? 'normalized';
+  if (!(ASPO_REFERENCE_SCORES as readonly string[]).includes(scores)) {
+    throw new ExportError(`--scores must be one of ${ASPO_REFERENCE_SCORES.join(', ')}, got "${scores}"`);
+  }
   return withExportSettings(store, options, async () => {
     prepareFolder(options.out, options.force ?? false, (f) => f === 'pairs.json' || /^images\/[^/]+$/.test(f));
     const json = path.join(options.out, 'pairs.json');
+    const sql = aspoReferenceSql(scores);
     const { rows, images } = await removingOnFailure(options.out, async () => ({
-      rows: await copy(store, aspoReferenceSql(), json, 'FORMAT json, ARRAY true'),
-      images: await writeImages(store, path.join(options.out, 'images')),
+      rows: await copy(store, sql, json, 'FORMAT json, ARRAY true'),
+      images: await writeImages(store, path.join(options.out, 'images'), `SELECT id FROM (${sql}\n)`),
     }));
-    const unsegmented = Number(await store.scalar(
-      'SELECT count(*) FROM pairs p WHERE NOT EXISTS (SELECT 1 FROM sentences s WHERE s.pair_id = p.pair_id)'));
-    return { rows, files: [json, ...images], unsegmented, seconds: (performance.now() - started) / 1000 };
+    const counts = (await store.one<{ text_only: number; no_sentences: number; unscored: number }>(aspoReferenceLeftOutSql()))!;
+    const leftOut = { textOnly: Number(counts.text_only), noSentences: Number(counts.no_sentences), unscored: Number(counts.unscored) };
+    return { rows, files: [json, ...images], leftOut, seconds: (performance.now() - started) / 1000 };
   });
 }
 
-/** Each image of an exported (segmented) pair once, IMAGE_BATCH images per query, so that only a few images' bytes
- *  are in memory at a time. */
-async function writeImages(store: Store, dir: string): Promise<string[]> {
+/** The image of each exported pair (`pairIds`: a query of pair ids) once, IMAGE_BATCH images per query, so that only
+ *  a few images' bytes are in memory at a time. */
+async function writeImages(store: Store, dir: string, pairIds: string): Promise<string[]> {
   const ids = (await store.all<{ image_id: string }>(`SELECT DISTINCT p.image_id FROM pairs p
-    WHERE p.image_id IS NOT NULL AND EXISTS (SELECT 1 FROM sentences s WHERE s.pair_id = p.pair_id) ORDER BY 1`)).map((r) => r.image_id);
+    WHERE p.image_id IS NOT NULL AND p.pair_id IN (${pairIds}\n) ORDER BY 1`)).map((r) => r.image_id);
   const written: string[] = [];
   await mkdir(dir, { recursive: true });
   for (let from = 0; from < ids.length; from += IMAGE_BATCH) {

@@ -25,16 +25,24 @@ type Feature = Record<string, unknown> | Feature[];
 const value = (dtype: string): Feature => ({ dtype, _type: 'Value' });
 const span: Feature = [{ char_start: value('int32'), char_end: value('int32') }];
 
+/** A conversational message list: `[{content: [{text, type}], role}]`, fields in the order TRL's datasets have. */
+const messages: Feature = [{ content: [{ text: value('string'), type: value('string') }], role: value('string') }];
+
+/** TRL's two preference layouts: messages (its vision datasets, e.g. trl-lib/rlaif-v) or plain strings. */
+export const TRL_LAYOUTS = ['conversational', 'plain'] as const;
+export type TrlLayout = (typeof TRL_LAYOUTS)[number];
+
 /**
  * The Hugging Face `datasets` features of a TRL shard. A one-element list is a list feature (read as Sequence by
  * datasets 2–3 and List by 4); `{_type: Image}` marks `{bytes, path}` structs as images.
  */
-export function trlFeatures(withRewards: boolean): Record<string, Feature> {
+export function trlFeatures(layout: TrlLayout, withRewards: boolean): Record<string, Feature> {
+  const text = layout === 'plain' ? value('string') : messages;
   return {
     pair_id: value('string'),
-    prompt: value('string'),
-    chosen: value('string'),
-    rejected: value('string'),
+    prompt: text,
+    chosen: text,
+    rejected: text,
     images: [{ _type: 'Image' }],
     chosen_sentence_spans: span,
     rejected_sentence_spans: span,
@@ -44,10 +52,20 @@ export function trlFeatures(withRewards: boolean): Record<string, Feature> {
 }
 
 export interface TrlSqlOptions {
+  layout?: TrlLayout;
   alpha?: number;
   scale?: number;
   policy?: string;
 }
+
+/** The conversational prompt (an image part first when the pair has an image) and responses, as TRL's vision
+ *  preference datasets have them. The image part has a NULL text, as there. */
+const conversationalColumns = `
+           [{'content': CASE WHEN i.image_id IS NULL THEN [{'text': p.prompt, 'type': 'text'}]
+                             ELSE [{'text': NULL::VARCHAR, 'type': 'image'}, {'text': p.prompt, 'type': 'text'}] END,
+             'role': 'user'}] AS prompt,
+           [{'content': [{'text': p.chosen, 'type': 'text'}], 'role': 'assistant'}] AS chosen,
+           [{'content': [{'text': p.rejected, 'type': 'text'}], 'role': 'assistant'}] AS rejected`;
 
 /** The TRL rows of the pairs in `range`. Every CTE is filtered to the range, so a shard reads only its own pairs'
  *  sentences. Not sorted: DuckDB's sort would hold the image bytes of a whole shard; the shards themselves are
@@ -78,7 +96,7 @@ export function trlShardSql(range: ShardRange, options: TrlSqlOptions): string {
       FROM sentence_weights(${macroArgs})
       WHERE side = 'chosen' AND ${inRange(range, 'pair_id')}
       GROUP BY pair_id)${rewards}
-    SELECT p.pair_id, p.prompt, p.chosen, p.rejected,
+    SELECT p.pair_id, ${options.layout === 'plain' ? 'p.prompt, p.chosen, p.rejected' : conversationalColumns},
            CASE WHEN i.image_id IS NULL THEN [] ELSE [{'bytes': i.bytes, 'path': ${imageFileName('i')}}] END AS images,
            cs.spans AS chosen_sentence_spans, rs.spans AS rejected_sentence_spans,
            w.weights AS chosen_sentence_weights${options.policy === undefined ? '' : ', r.rewards AS chosen_sentence_rewards'}
@@ -90,22 +108,51 @@ export function trlShardSql(range: ShardRange, options: TrlSqlOptions): string {
     ${options.policy === undefined ? '' : 'LEFT JOIN rewards r ON r.pair_id = p.pair_id'}`;
 }
 
-/** The ASPO authors' per-pair objects, for the pairs that have sentences, ordered by pair_id. */
-export function aspoReferenceSql(): string {
-  return `
-    WITH splits AS (
-      SELECT s.pair_id, s.side, list(s.text ORDER BY s.idx) AS texts, list(sc.similarity ORDER BY s.idx) AS scores
+/** How `--format aspo-reference` writes the sentence scores: min–max normalised per response, as the authors'
+ *  scripts/4_normalize.py does before training, or the stored similarities. */
+export const ASPO_REFERENCE_SCORES = ['normalized', 'raw'] as const;
+export type AspoReferenceScores = (typeof ASPO_REFERENCE_SCORES)[number];
+
+/** Each response's sentences with their raw and min–max normalised similarity, and whether every sentence has one. */
+const ASPO_REFERENCE_SPLITS = `
+    scored AS (
+      SELECT s.pair_id, s.side, s.idx, s.text, sc.similarity AS raw,
+             (sc.similarity - min(sc.similarity) OVER response)
+               / (max(sc.similarity) OVER response - min(sc.similarity) OVER response + 1e-6) AS normalized
       FROM sentences s LEFT JOIN sentence_scores sc USING (pair_id, side, idx)
-      GROUP BY s.pair_id, s.side)
-    SELECT p.pair_id AS id,
-           CASE WHEN i.image_id IS NULL THEN NULL ELSE 'images/' || ${imageFileName('i')} END AS image,
-           p.prompt AS question, p.chosen, p.rejected AS reject,
-           coalesce(c.texts, []::VARCHAR[]) AS chosen_split, coalesce(r.texts, []::VARCHAR[]) AS reject_split,
-           coalesce(c.scores, []::DOUBLE[]) AS chosen_clip_score, coalesce(r.scores, []::DOUBLE[]) AS reject_clip_score
-    FROM pairs p
-    LEFT JOIN splits c ON c.pair_id = p.pair_id AND c.side = 'chosen'
-    LEFT JOIN splits r ON r.pair_id = p.pair_id AND r.side = 'rejected'
-    LEFT JOIN images i ON i.image_id = p.image_id
-    WHERE c.pair_id IS NOT NULL OR r.pair_id IS NOT NULL
-    ORDER BY p.pair_id`;
+      WINDOW response AS (PARTITION BY s.pair_id, s.side)),
+    splits AS (
+      SELECT pair_id, side, list(text ORDER BY idx) AS texts, list(raw ORDER BY idx) AS raw,
+             list(normalized ORDER BY idx) AS normalized, count(raw) = count(*) AS complete
+      FROM scored GROUP BY pair_id, side),
+    candidates AS (
+      SELECT p.pair_id, p.prompt, p.chosen, p.rejected, p.image_id, c.texts AS chosen_split, r.texts AS reject_split,
+             c.raw AS chosen_raw, r.raw AS reject_raw, c.normalized AS chosen_normalized, r.normalized AS reject_normalized,
+             c.pair_id IS NOT NULL AND r.pair_id IS NOT NULL AS segmented, coalesce(c.complete AND r.complete, false) AS scored
+      FROM pairs p
+      LEFT JOIN splits c ON c.pair_id = p.pair_id AND c.side = 'chosen'
+      LEFT JOIN splits r ON r.pair_id = p.pair_id AND r.side = 'rejected')`;
+
+/**
+ * The ASPO authors' per-pair objects, ordered by pair_id: the pairs their trainer can use, i.e. with an image, both
+ * responses segmented, and a score for every sentence (the trainer opens the image and does arithmetic on scores).
+ */
+export function aspoReferenceSql(scores: AspoReferenceScores): string {
+  return `
+    WITH ${ASPO_REFERENCE_SPLITS}
+    SELECT c.pair_id AS id, ${imageFileName('i')} AS image_id, c.prompt AS question, c.chosen, c.rejected AS reject,
+           c.chosen_split, c.reject_split, c.chosen_${scores} AS chosen_clip_score, c.reject_${scores} AS reject_clip_score
+    FROM candidates c JOIN images i ON i.image_id = c.image_id
+    WHERE c.segmented AND c.scored
+    ORDER BY c.pair_id`;
+}
+
+/** How many pairs the reference layout leaves out, by reason (each pair counted under the first that applies). */
+export function aspoReferenceLeftOutSql(): string {
+  return `
+    WITH ${ASPO_REFERENCE_SPLITS}
+    SELECT count(*) FILTER (image_id IS NULL) AS text_only,
+           count(*) FILTER (image_id IS NOT NULL AND NOT segmented) AS no_sentences,
+           count(*) FILTER (image_id IS NOT NULL AND segmented AND NOT scored) AS unscored
+    FROM candidates`;
 }

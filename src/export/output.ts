@@ -11,7 +11,7 @@ export const quoteIdent = (name: string): string => `"${name.replaceAll('"', '""
 export const quoteString = (text: string): string => `'${text.replaceAll("'", "''")}'`;
 
 /** Relative paths (with `/`) of every file under `dir`. */
-function filesUnder(dir: string, prefix = ''): string[] {
+export function filesUnder(dir: string, prefix = ''): string[] {
   return readdirSync(dir, { withFileTypes: true }).flatMap((entry) => {
     const relative = prefix ? `${prefix}/${entry.name}` : entry.name;
     return entry.isDirectory() ? filesUnder(path.join(dir, entry.name), relative) : [relative];
