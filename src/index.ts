@@ -33,7 +33,11 @@ export { GradientWorkers, autoWorkers, shardBatch, evenSlices, combineShards, ty
 export { StoreMetrics, MemoryMetrics, newRunId, type MetricsSink, type RunInfo } from './train/metrics.js';
 export { TRAIN_SCHEMA } from './train/schema.js';
 export { ClipEncoder, ClipModelError, CLIP_MODEL_FILES, fitToContext, normalizeRows, onnxRuntimeHasCuda, type ClipDevice, type ClipLoadOptions, type TextBatch, type PreprocessedImages } from './score/clip.js';
-export { scoreSimilarity, scoreStore, DEFAULT_SCORE_BATCH_SIZE, DEFAULT_COMMIT_SENTENCES, type ScoreOptions, type ScoreSummary } from './score/stage.js';
+export { scoreSimilarity, scoreStore, localSimilarities, DEFAULT_SCORE_BATCH_SIZE, DEFAULT_COMMIT_SENTENCES, type ScoreOptions, type ScoreSummary, type SimilarityExecutor } from './score/stage.js';
+export { scoreThroughQueue, type QueueScoreOptions, type QueueScoreSummary } from './distributed/coordinator.js';
+export { startWorker, type WorkerOptions, type RunningWorker } from './distributed/worker.js';
+export { queueLocation, redactUrl, type QueueLocation } from './distributed/connection.js';
+export { queueStatus, clearQueue } from './distributed/queue.js';
 export { SCORE_SCHEMA } from './score/schema.js';
 export { scoreReference, loadReferenceModel, sentenceLogProbs, perplexity, groundingGain, DEFAULT_REF_BATCH_SIZE, type ReferenceModel, type ReferenceSignal, type ReferenceScoreOptions, type ReferenceScoreSummary, type ResponseScoreSummary, type SentenceLogProb } from './score/perplexity.js';
 export { loadCausalLm, scoreLm, rowTokenLogProbs, contextLength, LmModelError, LM_MODEL_FILES, DEFAULT_LM_BATCH_SIZE, type CausalLm } from './score/lm.js';

@@ -23,6 +23,14 @@ const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }
     summary: 'score each sentence: CLIP similarity, or perplexity and grounding under a reference model (sentence_scores, sentence_weights)',
     load: async () => (await import('./commands/score.js')).command,
   },
+  worker: {
+    summary: 'serve the jobs of `aspo score --queue` on this machine (distributed scoring on BullMQ and Redis)',
+    load: async () => (await import('./commands/worker.js')).command,
+  },
+  queue: {
+    summary: 'show (status) or delete (clear) the queue of a distributed scoring run',
+    load: async () => (await import('./commands/queue.js')).command,
+  },
   train: {
     summary: 'train the small vision-language model: --objective sft (the reference model), dpo or aspo (sentence-level preference optimization)',
     load: async () => (await import('./commands/train.js')).command,

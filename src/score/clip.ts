@@ -4,7 +4,7 @@ import path from 'node:path';
 import type { PreTrainedModel, PreTrainedTokenizer, Tensor as HfTensor } from '@huggingface/transformers';
 import pLimit from 'p-limit';
 import sharp from 'sharp';
-import { checkModelFolder, isLocalModel, modelId } from './model-folder.js';
+import { checkModelFolder, isLocalModel, modelIdentity } from './model-folder.js';
 
 /**
  * A CLIP-style dual encoder loaded through `@huggingface/transformers` (ONNX Runtime): the vision tower
@@ -29,6 +29,8 @@ export interface ClipLoadOptions {
   device?: ClipDevice;
   /** Images decoded and preprocessed at once (default 4). */
   decodeConcurrency?: number;
+  /** CPU threads of each model call (ONNX Runtime's intra-op threads; default: its own choice, all cores). */
+  threads?: number;
 }
 
 /** Token ids of one batch of texts, fitted to the context (not padded: `embedTexts` pads them on the right). */
@@ -61,6 +63,12 @@ function checkClipFolder(folder: string): void {
     '(the layout of e.g. Xenova/clip-vit-base-patch32 on the Hugging Face Hub: copy that repository, e.g. ' +
     '`git clone https://huggingface.co/Xenova/clip-vit-base-patch32` on a machine with network access).',
     (message) => new ClipModelError(message));
+}
+
+/** The id and digest of a CLIP model without loading it (a local folder is checked first): what a queue job names. */
+export async function clipIdentity(model: string): Promise<{ id: string; digest: string | null }> {
+  if (isLocalModel(model)) checkClipFolder(model);
+  return modelIdentity(model, CLIP_MODEL_FILES);
 }
 
 /**
@@ -106,6 +114,8 @@ export class ClipEncoder {
   private constructor(
     /** Cache key of the model: Hub id, or folder name @ content hash. */
     readonly modelId: string,
+    /** sha256 over the model's files (null for a Hub id): what queue workers compare with a job's. */
+    readonly digest: string | null,
     /** Execution device actually used. */
     readonly device: 'cpu' | 'cuda',
     /** Tokens the text encoder accepts, special tokens included. */
@@ -144,9 +154,10 @@ export class ClipEncoder {
       hf.AutoImageProcessor.from_pretrained(source, pretrained),
       hf.AutoConfig.from_pretrained(source, pretrained),
     ]).catch(fail);
+    const session = options.threads ? { session_options: { intraOpNumThreads: options.threads, interOpNumThreads: 1 } } : {};
     const towers = async (device: 'cpu' | 'cuda') => Promise.all([
-      hf.CLIPVisionModelWithProjection.from_pretrained(source, { ...pretrained, config, device, dtype: 'fp32' }),
-      hf.CLIPTextModelWithProjection.from_pretrained(source, { ...pretrained, config, device, dtype: 'fp32' }),
+      hf.CLIPVisionModelWithProjection.from_pretrained(source, { ...pretrained, ...session, config, device, dtype: 'fp32' }),
+      hf.CLIPTextModelWithProjection.from_pretrained(source, { ...pretrained, ...session, config, device, dtype: 'fp32' }),
     ]);
     const requested = options.device ?? 'auto';
     if (requested === 'cuda' && !onnxRuntimeHasCuda()) {
@@ -175,7 +186,8 @@ export class ClipEncoder {
     if (tokenizer.pad_token_id === undefined || tokenizer.pad_token_id === null) {
       throw new ClipModelError(`the tokenizer of ${source} has no pad_token (set it in tokenizer_config.json)`);
     }
-    return new ClipEncoder(await modelId(model, CLIP_MODEL_FILES), device, context, hf, tokenizer, processor, models[0], models[1],
+    const identity = await modelIdentity(model, CLIP_MODEL_FILES);
+    return new ClipEncoder(identity.id, identity.digest, device, context, hf, tokenizer, processor, models[0], models[1],
       options.decodeConcurrency ?? 4);
   }
 

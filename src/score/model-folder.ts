@@ -28,15 +28,29 @@ export function checkModelFolder(folder: string, files: readonly string[], kind:
 }
 
 /**
- * A model's identity in the score tables: the Hub id as given, or for a local folder its name and the first 12 hex
- * digits of a sha256 over `files`, so a changed model counts as a new one.
+ * The sha256 (hex) over `files` of a local model folder (each file's name, then its bytes): what a queue worker
+ * compares before it scores a job. Null for a Hub id (its files are wherever the library caches them).
  */
-export async function modelId(model: string, files: readonly string[]): Promise<string> {
-  if (!isLocalModel(model)) return model;
+export async function modelDigest(model: string, files: readonly string[]): Promise<string | null> {
+  if (!isLocalModel(model)) return null;
   const hash = createHash('sha256');
   for (const file of files) {
     hash.update(file);
     for await (const chunk of createReadStream(path.join(model, file))) hash.update(chunk as Buffer);
   }
-  return `${path.basename(path.resolve(model))}@${hash.digest('hex').slice(0, 12)}`;
+  return hash.digest('hex');
+}
+
+/**
+ * A model's identity: `id` in the score tables is the Hub id as given, or for a local folder its name and the first
+ * 12 hex digits of its digest, so a changed model counts as a new one.
+ */
+export async function modelIdentity(model: string, files: readonly string[]): Promise<{ id: string; digest: string | null }> {
+  const digest = await modelDigest(model, files);
+  return { id: digest === null ? model : `${path.basename(path.resolve(model))}@${digest.slice(0, 12)}`, digest };
+}
+
+/** The model's id in the score tables (see modelIdentity). */
+export async function modelId(model: string, files: readonly string[]): Promise<string> {
+  return (await modelIdentity(model, files)).id;
 }

@@ -1,4 +1,7 @@
 import { withStore, type Store } from '../../store/store.js';
+import { DEFAULT_QUEUE_NAME, type QueueLocation } from '../../distributed/connection.js';
+import type { ModelRef } from '../../distributed/protocol.js';
+import type { QueueScoreOptions } from '../../distributed/coordinator.js';
 import { ClipEncoder, ClipModelError, type ClipDevice } from '../../score/clip.js';
 import { DEFAULT_COMMIT_SENTENCES, DEFAULT_SCORE_BATCH_SIZE, scoreSimilarity } from '../../score/stage.js';
 import { DEFAULT_REF_BATCH_SIZE, loadReferenceModel, scoreReference, type ReferenceModel, type ReferenceSignal } from '../../score/perplexity.js';
@@ -7,13 +10,19 @@ import { initBackend } from '../../train/backend.js';
 import { Progress } from '../progress.js';
 import { DB_OPTION, numberOption, parse, UsageError, type Command } from '../command.js';
 import { backendOption } from '../model-options.js';
+import { maxJobBytes, positiveInteger, QUEUE_OPTIONS, QUEUE_USAGE, queueFromFlags } from '../queue-options.js';
+import { clipIdentity } from '../../score/clip.js';
+import { scoreThroughQueue } from '../../distributed/coordinator.js';
+import { DEFAULT_AHEAD } from '../../distributed/clip.js';
+import { DEFAULT_ATTEMPTS } from '../../distributed/queue.js';
 
 const DEVICES: readonly ClipDevice[] = ['auto', 'cpu', 'cuda'];
 const SIMILARITIES = ['clip', 'grounding'] as const;
 
 export const command: Command = {
   usage: 'aspo score --db PATH [--clip MODEL] [--ref CHECKPOINT] [--lm MODEL] [--similarity clip|grounding] [--device auto|cpu|cuda]\n' +
-    '           [--backend auto|wasm|cpu|tensorflow|tensorflow-gpu] [--batch-size N] [--commit-sentences N]\n\n' +
+    '           [--backend auto|wasm|cpu|tensorflow|tensorflow-gpu] [--batch-size N] [--commit-sentences N]\n' +
+    '           [--queue URL [--queue-name NAME] [--attempts N] [--ahead N] [--max-job-mb MB] [--images-dir DIR]]\n\n' +
     '  Scores the sentences of every pair (run `aspo segment --db` first) into `sentence_scores`; `sentence_weights`\n' +
     '  then gives the sentence-level (ASPO) weights.\n' +
     '  --clip MODEL: similarity = cosine of the image and the sentence under a CLIP-style dual encoder (pairs with an\n' +
@@ -33,7 +42,12 @@ export const command: Command = {
     '  Incremental: sentences already scored with the same model are skipped.\n' +
     `  --batch-size: images and texts (CLIP, default ${DEFAULT_SCORE_BATCH_SIZE}) or responses (--ref, default ${DEFAULT_REF_BATCH_SIZE}; --lm, default ${DEFAULT_LM_BATCH_SIZE}) per model call.\n` +
     `  --commit-sentences (CLIP): sentences per transaction (default ${DEFAULT_COMMIT_SENTENCES}); a killed run redoes at most these.\n` +
-    '  With --ref, each batch is one transaction. --backend: the TensorFlow.js backend for --ref (default auto).',
+    '  With --ref, each batch is one transaction. --backend: the TensorFlow.js backend for --ref (default auto).\n' +
+    '  --queue (with --clip): this process becomes the coordinator: it sends the work to `aspo worker` processes on any\n' +
+    '  machines through BullMQ on Redis and writes their results into the store (the same rows as without --queue; see\n' +
+    '  docs/distributed.md). A job is one model call (--batch-size texts or images); --attempts: tries per job before\n' +
+    `  its images go to rejects (default ${DEFAULT_ATTEMPTS}); --ahead: transactions queued while one is written (default ${DEFAULT_AHEAD}).\n` +
+    QUEUE_USAGE,
   async run(argv) {
     const { values } = parse(argv, {
       ...DB_OPTION,
@@ -45,6 +59,9 @@ export const command: Command = {
       backend: { type: 'string', default: 'auto' },
       'batch-size': { type: 'string' },
       'commit-sentences': { type: 'string' },
+      ...QUEUE_OPTIONS,
+      attempts: { type: 'string' },
+      ahead: { type: 'string' },
     });
     const similarity = values.similarity ?? (values.clip ? 'clip' : undefined);
     if (similarity !== undefined && !(SIMILARITIES as readonly string[]).includes(similarity)) {
@@ -65,6 +82,23 @@ export const command: Command = {
     if (!Number.isInteger(batchSize) || batchSize < 1) throw new UsageError('--batch-size must be a positive integer');
     const commitSentences = numberOption(values['commit-sentences'], 'commit-sentences', DEFAULT_COMMIT_SENTENCES);
     if (!Number.isInteger(commitSentences) || commitSentences < 1) throw new UsageError('--commit-sentences must be a positive integer');
+    if (values.queue) {
+      if (!values.clip || values.ref || values.lm) throw new UsageError('--queue runs the --clip scorer through workers; give --clip MODEL (and no --ref or --lm)');
+      const location = queueFromFlags(values);
+      let model;
+      try {
+        model = await clipIdentity(values.clip);
+      } catch (error) {
+        if (error instanceof ClipModelError) throw new UsageError(error.message);
+        throw error;
+      }
+      const options = {
+        batchSize, commitSentences, ahead: positiveInteger(values.ahead, 'ahead', DEFAULT_AHEAD), attempts: positiveInteger(values.attempts, 'attempts', DEFAULT_ATTEMPTS), maxJobBytes: maxJobBytes(values['max-job-mb']),
+        imagesDir: values['images-dir'],
+      };
+      await withStore(values.db, (store) => coordinate(store, location, model, options));
+      return 0;
+    }
 
     let ref: ReferenceModel | undefined;
     if (values.ref) {
@@ -125,6 +159,35 @@ async function scoreClip(store: Store, encoder: ClipEncoder, batchSize: number, 
     `${s.images} images and ${s.texts} distinct texts encoded, ${s.truncated} texts cut to the text encoder's ` +
     `${encoder.contextLength}-token context, ${s.imageErrors} with an undecodable image; ${s.alreadyDone} already ` +
     `scored; ${s.textOnlySentences} sentences of ${s.textOnlyPairs} text-only pairs skipped` +
+    (s.unsegmentedPairs ? `; ${s.unsegmentedPairs} pairs not segmented yet (run \`aspo segment --db\`)` : ''));
+}
+
+async function coordinate(store: Store, location: QueueLocation, model: ModelRef, options: QueueScoreOptions): Promise<void> {
+  const progress = new Progress({ label: 'score', unit: 'sentences' });
+  process.stderr.write(`score: coordinating ${model.id} through ${location.redacted} (queue ${location.name}); start workers with ` +
+    `\`aspo worker --clip MODEL --queue URL${location.name === DEFAULT_QUEUE_NAME ? '' : ` --queue-name ${location.name}`}\`\n`);
+  let jobs = 0;
+  const s = await scoreThroughQueue(store, location, model, {
+    ...options,
+    log: (line) => process.stderr.write(`score: ${line}\n`),
+    onStart: ({ pending }) => progress.setTotal(pending),
+    onBatch: ({ sentences, total }) => {
+      progress.at(sentences);
+      // A line per transaction in logs (the bar is for terminals).
+      if (!process.stderr.isTTY) process.stderr.write(`score: ${sentences} of ${total} sentences stored (${jobs} jobs done)\n`);
+    },
+    onJob: (job) => {
+      jobs++;
+      progress.tick(0, `(${jobs} jobs done)`);
+      if (job.failed) process.stderr.write(`score: ${job.failed}\n`);
+    },
+  });
+  const rate = s.sentences / Math.max(s.seconds, 1e-9);
+  progress.done(`${s.sentences} sentences scored with ${s.model} through ${location.redacted} in ${s.seconds.toFixed(1)} s ` +
+    `(${rate.toFixed(1)} sentences/s; workers spent ${s.modelSeconds.toFixed(1)} s in the model): ${s.jobs} jobs, ${s.cacheHits} ` +
+    `from the cache, ${s.imageErrors} with an undecodable image, ${s.rejectedImages} images rejected after ${options.attempts} ` +
+    `attempts (see the rejects table), ${s.lostJobs} jobs added again after vanishing from Redis; ${s.alreadyDone} already scored; ` +
+    `${s.textOnlySentences} sentences of ${s.textOnlyPairs} text-only pairs skipped` +
     (s.unsegmentedPairs ? `; ${s.unsegmentedPairs} pairs not segmented yet (run \`aspo segment --db\`)` : ''));
 }
 
