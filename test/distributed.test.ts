@@ -302,7 +302,24 @@ test('a worker with another model refuses the job and stops; images by reference
       assert.ok(!output.includes(secret), `password printed:\n${output}`);
     }
     assert.match(run.output, /redis:\/\/:\*\*\*@127\.0\.0\.1:6379/);
+
+    // aspo queue status: the connected worker, the jobs left (the refused job's old copy is gone), no password.
+    const status = new Proc(['queue', 'status', ...queueArgs(name, url), '--json']);
+    assert.equal(await status.exited, 0, status.output);
+    const shown = JSON.parse(status.output) as { url: string; counts: Record<string, number>; workers: unknown[] };
+    assert.equal(shown.url, 'redis://:***@127.0.0.1:6379');
+    assert.equal(shown.workers.length, 1);
+    assert.equal(shown.counts.waiting! + shown.counts.active!, 0);
+    assert.ok(!status.output.includes(secret));
     assert.equal(await right.stop(), 0);
+    const clear = new Proc(['queue', 'clear', ...queueArgs(name, url)]);
+    assert.equal(await clear.exited, 0, clear.output);
+    const redis = new Redis(REDIS);
+    try {
+      assert.deepEqual(await redis.keys(`${PREFIX}:${name}:*`), []);
+    } finally {
+      redis.disconnect();
+    }
   });
 
 test('an image over the job size cap stops the coordinator before anything is queued, naming the image and the ways out',
