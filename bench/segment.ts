@@ -1,6 +1,8 @@
 /**
- * Sentence segmentation benchmark: speed on >= 10 MB of generated model-response-like text, and accuracy on the 48
- * English Golden Rules, for our segmenter, Intl.Segmenter and natural's SentenceTokenizer, in the same run.
+ * Sentence segmentation benchmark: speed on >= 10 MB of generated model-response-like text, accuracy on the 48
+ * English Golden Rules, and exact-match accuracy per kind of boundary on the project's own corpus
+ * (test/segment-corpus.ts: the development set and the check set), for our segmenter, Intl.Segmenter and natural's
+ * SentenceTokenizer, in the same run.
  *
  * Then times the `aspo segment --db` stage (segmentation, diff and DuckDB writes) on --pairs pairs built from the corpus.
  *
@@ -15,6 +17,7 @@ import { parseArgs } from 'node:util';
 import { segment } from '../src/segment/segment.js';
 import { segmentStage } from '../src/segment/stage.js';
 import { withStore } from '../src/store/store.js';
+import { CHECK, DEVELOPMENT, type SegmentCase } from '../test/segment-corpus.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 const GOLDEN = path.resolve(ROOT, '..', 'shared', 'data', 'golden-rules', 'golden_en_48.json');
@@ -105,6 +108,24 @@ function accuracy(run: Segmenter): number | undefined {
   return cases.filter((c) => JSON.stringify(run(c.text)) === JSON.stringify(c.expected)).length;
 }
 
+/** Exact matches (sentence lists equal after trimming). */
+function exact(run: Segmenter, cases: readonly SegmentCase[]): number {
+  return cases.filter(([text, expected]) => JSON.stringify(run(text)) === JSON.stringify(expected)).length;
+}
+
+/** A table of exact matches per kind of boundary: development set and check set, for each segmenter. */
+function printKinds(runs: ReadonlyArray<[string, Segmenter]>): void {
+  console.log(`| kind | cases (dev + check) | ${runs.map(([name]) => `${name} dev | ${name} check`).join(' | ')} |`);
+  console.log(`| --- | ---: | ${runs.map(() => '---: | ---:').join(' | ')} |`);
+  const kinds = Object.keys(DEVELOPMENT) as Array<keyof typeof DEVELOPMENT>;
+  const rows: Array<[string, SegmentCase[], SegmentCase[]]> = kinds.map((k) => [k, DEVELOPMENT[k], CHECK[k]]);
+  rows.push(['all', kinds.flatMap((k) => DEVELOPMENT[k]), kinds.flatMap((k) => CHECK[k])]);
+  for (const [kind, dev, check] of rows) {
+    const cells = runs.map(([, run]) => `${exact(run, dev)}/${dev.length} | ${exact(run, check)}/${check.length}`);
+    console.log(`| ${kind} | ${dev.length} + ${check.length} | ${cells.join(' | ')} |`);
+  }
+}
+
 /** The stage end to end (segmentation, diff, DuckDB writes) on pairs built from the corpus, in a fresh store. */
 async function stage(docs: readonly string[], pairs: number): Promise<void> {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'aspo-bench-'));
@@ -142,6 +163,7 @@ async function main(): Promise<void> {
   const bytes = docs.reduce((n, d) => n + Buffer.byteLength(d), 0);
   console.log(`corpus: ${docs.length} responses, ${(bytes / 1e6).toFixed(1)} MB; Node ${process.version}`);
   const runs = Object.entries(await segmenters());
+  printKinds(runs);
   const results = runs.map(([name, run]) => {
     pass(run, docs.slice(0, 1000)); // warm-up
     return { name, run, best: Infinity, sentences: 0, golden: accuracy(run) };
