@@ -143,12 +143,10 @@ const INLINE_BULLETS = new Set(['•', '⁃', '◦', '▪', '‣', '●', '○',
 
 /**
  * Numbered, lettered or roman list markers: "1.", "1)", "1.)", "a.", "b)", "ii.", "(iii)", "(2)", "(a)", optionally glued
- * to a bullet ("⁃9.").
+ * to a bullet ("⁃9."); matched where they start ("sticky").
  */
-const LIST_MARKER = new RegExp(`(?<![^\\s${[...INLINE_BULLETS].join('')}])` +
-  '(?:\\((\\d{1,3}|[a-zA-Z]|[ivx]{2,5})\\)|(\\d{1,3}|[a-z]|[ivx]{2,5})(?:\\.\\)|\\.|\\)))(?=\\s)', 'g');
-/** The same, anchored: does a marker start exactly at lastIndex? */
-const LIST_MARKER_AT = new RegExp(LIST_MARKER.source, 'y');
+const LIST_MARKER_AT = new RegExp(`(?<![^\\s${[...INLINE_BULLETS].join('')}])` +
+  '(?:\\((\\d{1,3}|[a-zA-Z]|[ivx]{2,5})\\)|(\\d{1,3}|[a-z]|[ivx]{2,5})(?:\\.\\)|\\.|\\)))(?=\\s)', 'y');
 
 /** Splits `text` into sentences with UTF-16 offsets. Pure: same text, same spans. */
 export function segment(text: string): Sentence[] {
@@ -269,10 +267,16 @@ function romanValue(label: string): number | undefined {
   return value;
 }
 
+/** Where a list marker can end: a period or closing parenthesis before whitespace. */
+const MARKER_END = /[.)](?=\s)/g;
+
 function findListMarkers(text: string): ListMarker[] {
   const out: ListMarker[] = [];
-  LIST_MARKER.lastIndex = 0;
-  for (let m = LIST_MARKER.exec(text); m; m = LIST_MARKER.exec(text)) {
+  MARKER_END.lastIndex = 0;
+  // Markers are short: try the few starts before each possible end (much faster than matching at every offset).
+  for (let e = MARKER_END.exec(text); e; e = MARKER_END.exec(text)) {
+    const m = markerEndingAt(text, e.index + 1);
+    if (!m) continue;
     const parenthesised = m[1] !== undefined;
     const label = (m[1] ?? m[2]!).toLowerCase();
     const numeric = isDigit(label[0]!);
@@ -292,6 +296,17 @@ function findListMarkers(text: string): ListMarker[] {
     out.push(marker);
   }
   return out;
+}
+
+/** The list marker that ends exactly at `end`, if any. */
+function markerEndingAt(text: string, end: number): RegExpExecArray | undefined {
+  for (let start = Math.max(0, end - 8); start < end - 1; start++) {
+    if (start > 0 && !isSpace(text.charCodeAt(start - 1)) && MARKS[text.charCodeAt(start - 1)] !== BULLET) continue;
+    LIST_MARKER_AT.lastIndex = start;
+    const m = LIST_MARKER_AT.exec(text);
+    if (m && start + m[0].length === end) return m;
+  }
+  return undefined;
 }
 
 /** Do two markers count up by one, read the same way (numbers, letters or roman numerals)? */
@@ -367,14 +382,18 @@ function blockCuts(text: string, blockStart: number, blockEnd: number, markers: 
   let sentenceStart = blockStart;
   // The closing mark of the quoted or bracketed passage being read (-1 outside one): stops inside it do not count.
   let passageEnd = -1;
+  let lastCloses: Map<string, number> | undefined;
   let i = blockStart;
-  while (i < blockEnd) {
+  for (;;) {
+    // Most characters are plain text: skip to the next one the scanner has a rule for.
+    while (i < blockEnd && MARKS[text.charCodeAt(i)] === 0) i++;
+    if (i >= blockEnd) break;
     while (markerIndex < markers.length && markers[markerIndex]!.cutAt <= i) {
       sentenceStart = Math.max(sentenceStart, markers[markerIndex]!.cutAt);
       markerIndex++;
     }
-    const c = text.charCodeAt(i);
-    if (c === DOT || c === QUESTION || c === BANG || c === ELLIPSIS) {
+    const mark = MARKS[text.charCodeAt(i)];
+    if (mark === TERMINAL) {
       if (markerDots.has(i)) {
         i++;
         continue;
@@ -387,9 +406,9 @@ function blockCuts(text: string, blockStart: number, blockEnd: number, markers: 
       i = decision.next;
       continue;
     }
-    if (c === CJK_STOP || c === CJK_BANG || c === CJK_QUESTION || c === FULLWIDTH_STOP || c === HALFWIDTH_STOP ||
-      c === SMALL_STOP) {
+    if (mark === WIDE_TERMINAL) {
       // "３．５": a full-width point between digits is a decimal point.
+      const c = text.charCodeAt(i);
       if (c !== CJK_STOP && c !== CJK_BANG && c !== CJK_QUESTION && isAnyDigit(text.charCodeAt(i - 1)) &&
         isAnyDigit(text.charCodeAt(i + 1))) {
         i++;
@@ -403,11 +422,13 @@ function blockCuts(text: string, blockStart: number, blockEnd: number, markers: 
       i = after;
       continue;
     }
-    if (c > 0x7f && INLINE_BULLETS.has(text[i]!) && i > blockStart && isSpace(text.charCodeAt(i - 1))) {
-      cuts.push(i);
-      sentenceStart = i;
+    if (mark === BULLET) {
+      if (i > blockStart && isSpace(text.charCodeAt(i - 1))) {
+        cuts.push(i);
+        sentenceStart = i;
+      }
     } else if (i > passageEnd && opensPassage(text, i, blockStart)) {
-      const close = closeOfPassage(text, i, blockEnd);
+      const close = closeOfPassage(text, i, blockEnd, lastCloses ??= new Map());
       if (close > 0) passageEnd = close;
     }
     i++;
@@ -416,6 +437,18 @@ function blockCuts(text: string, blockStart: number, blockEnd: number, markers: 
   cuts.sort((a, b) => a - b);
   return cuts.filter((cut, k) => cut !== cuts[k - 1]);
 }
+
+const TERMINAL = 1;
+const WIDE_TERMINAL = 2;
+const BULLET = 3;
+const OPENING = 4;
+
+/** What the block scanner does at each UTF-16 code unit: 0 for plain text. */
+const MARKS = new Uint8Array(0x10000);
+for (const c of [DOT, QUESTION, BANG, ELLIPSIS]) MARKS[c] = TERMINAL;
+for (const c of [CJK_STOP, CJK_BANG, CJK_QUESTION, FULLWIDTH_STOP, HALFWIDTH_STOP, SMALL_STOP]) MARKS[c] = WIDE_TERMINAL;
+for (const c of INLINE_BULLETS) MARKS[c.charCodeAt(0)] = BULLET;
+for (const c of '([“‘«「『（"\'') MARKS[c.charCodeAt(0)] = OPENING;
 
 /** Does a quoted or bracketed passage open at `i`? Straight quotes open one only after a space or an opening mark. */
 function opensPassage(text: string, i: number, blockStart: number): boolean {
@@ -431,16 +464,25 @@ const PASSAGE_CLOSE: Record<string, string> = {
   '(': ')', '[': ']', '“': '”', '‘': '’', '«': '»', '「': '」', '『': '』', '（': '）', '"': '"', "'": "'",
 };
 
+/** How far a closing mark is looked for: a bound on the work per opening mark, far beyond any real quotation. */
+const PASSAGE_MAX = 1000;
+
 /**
- * The offset of the mark closing the passage opened at `i`, or -1 if it does not close within the block. Brackets nest;
+ * The offset of the mark closing the passage opened at `i`, or -1 if it does not close within the block (and
+ * `PASSAGE_MAX` characters). Brackets nest;
  * a single quote or ’ between two letters is an apostrophe ("it's"), not a closing quote.
  */
-function closeOfPassage(text: string, i: number, blockEnd: number): number {
+function closeOfPassage(text: string, i: number, blockEnd: number, lastCloses: Map<string, number>): number {
   const open = text[i]!;
   const close = PASSAGE_CLOSE[open]!;
+  // The block's last closing mark of this kind, looked up once per block: no search when there is none ahead.
+  let lastClose = lastCloses.get(close);
+  if (lastClose === undefined) lastCloses.set(close, lastClose = text.lastIndexOf(close, blockEnd - 1));
+  if (lastClose <= i) return -1;
   const nests = open !== close;
   let depth = 0;
-  for (let k = i + 1; k < blockEnd; k++) {
+  const end = Math.min(lastClose + 1, i + 1 + PASSAGE_MAX);
+  for (let k = i + 1; k < end; k++) {
     const c = text[k]!;
     if (c === close) {
       if (depth > 0) {
@@ -552,7 +594,7 @@ function endsSentenceAfterAbbreviation(text: string, i: number, wordStart: numbe
   if (BEFORE_NAME.has(key) && !(key === 'st' && capitalisedWordBefore(text, wordStart, sentenceStart))) return false;
   if (TIME_OF_DAY.has(key)) return !(isTimeZone(next.word) || DATE_WORDS.has(next.word));
   if (CALENDAR.has(text.slice(wordStart, i))) return !(CALENDAR.has(next.word) || DATE_WORDS.has(next.word));
-  if (wordsBetween(text, sentenceStart, wordStart) <= 1) return false;
+  if (wordsBetween(text, sentenceStart, wordStart, 2) <= 1) return false;
   if (INSTITUTIONS.has(next.word)) return false;
   return !capitalisedWordFollows(text, next);
 }
@@ -580,11 +622,11 @@ function capitalisedWordFollows(text: string, next: NextWord): boolean {
   return isUpper(text[k] ?? '') && isLower(text[k + 1] ?? '');
 }
 
-/** The number of whitespace-separated words in `text[from, to)`. */
-function wordsBetween(text: string, from: number, to: number): number {
+/** The number of whitespace-separated words in `text[from, to)`, counted up to `atMost` (the cost stays bounded). */
+function wordsBetween(text: string, from: number, to: number, atMost: number): number {
   let words = 0;
   let inWord = false;
-  for (let k = from; k < to; k++) {
+  for (let k = from; k < to && words < atMost; k++) {
     const space = isSpace(text.charCodeAt(k));
     if (!space && !inWord) words++;
     inWord = !space;
@@ -600,8 +642,8 @@ function wordsBetween(text: string, from: number, to: number): number {
 function skipCitation(text: string, i: number, after: number, blockEnd: number, sentenceStart: number): number {
   let end = after;
   while (text[end] === '[') {
-    const close = text.indexOf(']', end);
-    if (close < 0 || close >= blockEnd || close - end > 40 || /[[.?!\n]/.test(text.slice(end + 1, close))) break;
+    const close = text.slice(end, Math.min(blockEnd, end + 41)).indexOf(']') + end;
+    if (close < end || /[[.?!\n]/.test(text.slice(end + 1, close))) break;
     end = close + 1;
     // A page after the reference: "[2]:14", "[2]:14–16".
     const page = /^:\d+(?:[-–]\d+)?/.exec(text.slice(end, end + 12));
@@ -729,8 +771,11 @@ function isDottedAbbreviation(word: string): boolean {
 
 /** The sentence so far is a short phrase opened by a preposition, like "At 5 a.m.". */
 function isPrepositionalFragment(text: string, sentenceStart: number, i: number): boolean {
-  const words = text.slice(sentenceStart, i).trim().split(/\s+/);
-  return words.length <= 3 && FRAGMENT_PREPOSITIONS.has(words[0]!.toLowerCase());
+  const start = firstNonSpace(text, sentenceStart);
+  if (wordsBetween(text, start, i, 4) > 3) return false;
+  let end = start;
+  while (end < i && isLetter(text[end]!)) end++;
+  return FRAGMENT_PREPOSITIONS.has(text.slice(start, end).toLowerCase());
 }
 
 function isWordAt(text: string, i: number): boolean {
