@@ -267,15 +267,18 @@ function romanValue(label: string): number | undefined {
   return value;
 }
 
-/** Where a list marker can end: a period or closing parenthesis before whitespace. */
-const MARKER_END = /[.)](?=\s)/g;
-
 function findListMarkers(text: string): ListMarker[] {
   const out: ListMarker[] = [];
-  MARKER_END.lastIndex = 0;
-  // Markers are short: try the few starts before each possible end (much faster than matching at every offset).
-  for (let e = MARKER_END.exec(text); e; e = MARKER_END.exec(text)) {
-    const m = markerEndingAt(text, e.index + 1);
+  // A marker ends in a period or closing parenthesis before whitespace. Markers are short: trying the few starts
+  // before each such end is much faster than matching at every offset.
+  let dot = text.indexOf('.');
+  let paren = text.indexOf(')');
+  while (dot >= 0 || paren >= 0) {
+    const endMark = paren < 0 || (dot >= 0 && dot < paren) ? dot : paren;
+    if (endMark === dot) dot = text.indexOf('.', dot + 1);
+    else paren = text.indexOf(')', paren + 1);
+    if (!isSpace(text.charCodeAt(endMark + 1))) continue;
+    const m = markerEndingAt(text, endMark + 1);
     if (!m) continue;
     const parenthesised = m[1] !== undefined;
     const label = (m[1] ?? m[2]!).toLowerCase();
@@ -783,9 +786,14 @@ function isWordAt(text: string, i: number): boolean {
   return c !== undefined && isLetterOrDigit(c);
 }
 
+/** 1 for the UTF-16 code units that count as whitespace. */
+const SPACES = new Uint8Array(0x10000);
+for (const c of [SPACE, 0x09, NEWLINE, 0x0b, 0x0c, CR, 0xa0, 0x1680, 0x2028, 0x2029, 0x202f, 0x205f, 0x3000, 0xfeff]) SPACES[c] = 1;
+for (let c = 0x2000; c <= 0x200a; c++) SPACES[c] = 1;
+
+/** NaN (past either end of the text) is no space. */
 function isSpace(c: number): boolean {
-  return c === SPACE || (c >= 0x09 && c <= CR) || c === 0xa0 || c === 0x3000 || (c >= 0x2000 && c <= 0x200a) ||
-    c === 0x2028 || c === 0x2029 || c === 0x202f || c === 0x205f || c === 0x1680 || c === 0xfeff || c === NEWLINE;
+  return SPACES[c] === 1;
 }
 
 /** An ASCII or full-width digit. */
