@@ -1,8 +1,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { CLI, tempDir } from './support.js';
+import { CLI, ROOT, tempDir } from './support.js';
 
 test('aspo --help lists the subcommands', () => {
   const out = execFileSync(process.execPath, [CLI, '--help'], { encoding: 'utf8' });
@@ -46,4 +47,61 @@ test('aspo query refuses to write: the store is opened read-only', async () => {
   const result = spawnSync(process.execPath, [CLI, 'query', 'INSERT INTO t VALUES (1)', '--db', db], { encoding: 'utf8' });
   assert.equal(result.status, 1);
   assert.match(result.stderr, /read-only/i);
+});
+
+test('aspo --version prints the package version', () => {
+  const { version } = JSON.parse(readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { version: string };
+  for (const flag of ['--version', '-v']) {
+    const result = spawnSync(process.execPath, [CLI, flag], { encoding: 'utf8' });
+    assert.equal(result.status, 0);
+    assert.equal(result.stdout, `${version}\n`);
+  }
+});
+
+test('a mistyped command or option gets a "did you mean", and usage text only for usage errors', async () => {
+  const command = spawnSync(process.execPath, [CLI, 'ingset', 'x.jsonl'], { encoding: 'utf8' });
+  assert.equal(command.status, 2);
+  assert.match(command.stderr, /unknown command "ingset"; did you mean "ingest"\?/);
+  const option = spawnSync(process.execPath, [CLI, 'export', '--fromat', 'trl', '--out', 'x'], { encoding: 'utf8' });
+  assert.equal(option.status, 2);
+  assert.match(option.stderr, /unknown option --fromat; did you mean --format\?/);
+  assert.match(option.stderr, /Usage: aspo export/);
+  const far = spawnSync(process.execPath, [CLI, 'export', '--zzzzzz'], { encoding: 'utf8' });
+  assert.doesNotMatch(far.stderr, /did you mean/);
+  // An export folder in the way is not a usage error: the message says what to do, and no usage text follows.
+  const { withStore } = await import('../src/store/store.js');
+  const dir = tempDir();
+  const db = path.join(dir, 'e.duckdb');
+  await withStore(db, async () => undefined);
+  const out = path.join(dir, 'out');
+  mkdirSync(out);
+  writeFileSync(path.join(out, 'train-00000-of-00001.parquet'), 'x');
+  const inTheWay = spawnSync(process.execPath, [CLI, 'export', '--db', db, '--format', 'trl', '--out', out], { encoding: 'utf8' });
+  assert.equal(inTheWay.status, 1);
+  assert.match(inTheWay.stderr, /is not empty; pass --force/);
+  assert.doesNotMatch(inTheWay.stderr, /Usage:/);
+});
+
+test('--json: one JSON object on stdout for ingest, segment and export; segment --strict fails on invalid lines', async () => {
+  const dir = tempDir();
+  const db = path.join(dir, 'j.duckdb');
+  const data = path.join(dir, 'd.jsonl');
+  writeFileSync(data, JSON.stringify({ prompt: 'p', chosen: 'A cat. A dog.', rejected: 'A cow.' }) + '\n{broken\n');
+  const run = (...args: string[]) => spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8' });
+  const ingested = run('ingest', data, '--db', db, '--json');
+  assert.equal(ingested.status, 0, ingested.stderr);
+  assert.deepEqual([JSON.parse(ingested.stdout).ingested, JSON.parse(ingested.stdout).rejected], [1, 1]);
+  const segmented = run('segment', '--db', db, '--json');
+  assert.equal(segmented.status, 0, segmented.stderr);
+  assert.deepEqual([JSON.parse(segmented.stdout).pairs, JSON.parse(segmented.stdout).sentences], [1, 3]);
+  const exported = run('export', '--db', db, '--table', 'sentences', '--format', 'csv', '--out', path.join(dir, 's.csv'), '--json');
+  assert.equal(exported.status, 0, exported.stderr);
+  assert.equal(exported.stdout.trim().split('\n').length, 1);
+  assert.equal(JSON.parse(exported.stdout).rows, 3);
+  const lines = '{"id":"a","text":"One. Two."}\nnot json\n';
+  const lenient = spawnSync(process.execPath, [CLI, 'segment'], { input: lines, encoding: 'utf8' });
+  assert.equal(lenient.status, 0);
+  const strict = spawnSync(process.execPath, [CLI, 'segment', '--strict'], { input: lines, encoding: 'utf8' });
+  assert.equal(strict.status, 3);
+  assert.equal(strict.stdout.trim().split('\n').length, 2, 'every line is still answered');
 });

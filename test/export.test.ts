@@ -394,8 +394,9 @@ test('refuses writing SQL, existing outputs without --force, and folders holding
   const out = path.join(dir, 'once.csv');
   await readOnly(db, (store) => exportTable(store, { table: 'labels' }, { format: 'csv', out }));
   const again = cli(['--db', db, '--sql', 'SELECT 42 AS answer', '--format', 'csv', '--out', out]);
-  assert.equal(again.status, 2);
+  assert.equal(again.status, 1);
   assert.match(again.stderr, /once\.csv exists; pass --force to overwrite it/);
+  assert.doesNotMatch(again.stderr, /Usage:/, 'an output in the way is not a usage error');
   await readOnly(db, async (store) => {
     await exportTable(store, { sql: 'SELECT 42 AS answer' }, { format: 'csv', out, force: true });
     assert.equal(readFileSync(out, 'utf8'), 'answer\n42\n');

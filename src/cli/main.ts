@@ -1,5 +1,11 @@
 #!/usr/bin/env node
-import { UsageError, type Command } from './command.js';
+import { readFileSync } from 'node:fs';
+import { closest, UsageError, type Command } from './command.js';
+
+/** The package's version, from the package.json beside dist/. */
+function version(): string {
+  return (JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+}
 
 /** Subcommands, loaded on demand so that `aspo query` never pays for TensorFlow.js. */
 const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }> = {
@@ -69,7 +75,7 @@ function help(): string {
     'Commands:',
     ...Object.keys(COMMANDS).map((name) => `  ${name.padEnd(width)}  ${COMMANDS[name]!.summary}`),
     '',
-    'Every command that reads or writes data takes --db PATH (default ./aspo.duckdb).',
+    'Every command that reads or writes data takes --db PATH (default ./aspo.duckdb). aspo --version prints the version.',
   ].join('\n');
 }
 
@@ -79,9 +85,15 @@ async function main(argv: string[]): Promise<number> {
     process.stdout.write(help() + '\n');
     return name ? 0 : 1;
   }
+  if (name === '--version' || name === '-v' || name === 'version') {
+    process.stdout.write(`${version()}\n`);
+    return 0;
+  }
   const entry = COMMANDS[name];
   if (!entry) {
-    process.stderr.write(`aspo: unknown command "${name}"\n\n${help()}\n`);
+    const meant = closest(name, Object.keys(COMMANDS));
+    process.stderr.write(meant ? `aspo: unknown command "${name}"; did you mean "${meant}"?\n`
+      : `aspo: unknown command "${name}"\n\n${help()}\n`);
     return 2;
   }
   const command = await entry.load();

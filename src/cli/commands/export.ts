@@ -3,9 +3,8 @@ import {
   DEFAULT_EXPORT_MEMORY, DEFAULT_ROWS_PER_SHARD, exportAspoReference, exportTable, exportTrl, TABLE_FORMATS,
   type ExportSummary, type TableFormat,
 } from '../../export/export.js';
-import { ExportError } from '../../export/output.js';
-import type { AspoReferenceScores, TrlLayout } from '../../export/layouts.js';
-import { DB_OPTION, numberOption, parse, UsageError, type Command } from '../command.js';
+import { ASPO_REFERENCE_SCORES, TRL_LAYOUTS, type AspoReferenceScores, type TrlLayout } from '../../export/layouts.js';
+import { DB_OPTION, JSON_OPTION, numberOption, parse, printJson, UsageError, type Command } from '../command.js';
 
 const FORMATS = [...TABLE_FORMATS, 'trl', 'aspo-reference'] as const;
 
@@ -13,7 +12,7 @@ export const command: Command = {
   usage: 'aspo export (--table NAME | --sql "SELECT …") --format parquet|arrow|csv|jsonl --out FILE [--partition-by COL[,COL]]\n' +
     '       aspo export --format trl --out DIR [--layout conversational|plain] [--rows-per-shard N] [--alpha A] [--scale S] [--policy MODEL]\n' +
     '       aspo export --format aspo-reference --out DIR [--scores normalized|raw]\n' +
-    '       [--db PATH] [--force] [--memory SIZE]\n\n' +
+    '       [--db PATH] [--force] [--memory SIZE] [--json]\n\n' +
     '  Streams from the store (opened read-only) to files; memory stays bounded whatever the table size.\n' +
     '  --table/--sql: a table or view, or one read-only query. arrow writes an Arrow IPC file; csv and jsonl write\n' +
     '  bytes as base64. --partition-by (parquet): Hive-style folders OUT/col=value/data_0.parquet.\n' +
@@ -43,10 +42,13 @@ export const command: Command = {
       policy: { type: 'string' },
       force: { type: 'boolean', default: false },
       memory: { type: 'string' },
+      ...JSON_OPTION,
     });
     const format = values.format;
     if (!format || !(FORMATS as readonly string[]).includes(format)) throw new UsageError(`--format must be one of ${FORMATS.join(', ')}`);
     if (!values.out) throw new UsageError('--out PATH is required');
+    if (values.layout !== undefined && !(TRL_LAYOUTS as readonly string[]).includes(values.layout)) throw new UsageError(`--layout must be one of ${TRL_LAYOUTS.join(', ')}, got "${values.layout}"`);
+    if (values.scores !== undefined && !(ASPO_REFERENCE_SCORES as readonly string[]).includes(values.scores)) throw new UsageError(`--scores must be one of ${ASPO_REFERENCE_SCORES.join(', ')}, got "${values.scores}"`);
     const common = { out: values.out, force: values.force, duckdbMemory: values.memory };
     const isTable = (TABLE_FORMATS as readonly string[]).includes(format);
     if (isTable && (values.table === undefined) === (values.sql === undefined)) throw new UsageError(`--format ${format} needs --table NAME or --sql "SELECT …" (one of them)`);
@@ -57,26 +59,23 @@ export const command: Command = {
     };
     const misplaced = Object.keys(only).find((name) => values[name as keyof typeof values] !== undefined && !only[name]!.includes(format));
     if (misplaced) throw new UsageError(`--${misplaced} does not apply to --format ${format}`);
+    // Errors from here on (an output in the way, an unknown table or column, bad SQL) are not usage errors: their
+    // message says what to do, without the usage text.
     const summary = await withStore(values.db, async (store): Promise<ExportSummary> => {
-      try {
-        if (format === 'trl') {
-          return await exportTrl(store, {
-            ...common,
-            layout: values.layout as TrlLayout | undefined,
-            rowsPerShard: numberOption(values['rows-per-shard'], 'rows-per-shard', DEFAULT_ROWS_PER_SHARD),
-            alpha: values.alpha === undefined ? undefined : numberOption(values.alpha, 'alpha', 0),
-            scale: values.scale === undefined ? undefined : numberOption(values.scale, 'scale', 0),
-            policy: values.policy,
-          });
-        }
-        if (format === 'aspo-reference') return await exportAspoReference(store, { ...common, scores: values.scores as AspoReferenceScores | undefined });
-        const source = values.table !== undefined ? { table: values.table } : { sql: values.sql! };
-        const partitionBy = values['partition-by']?.split(',').map((c) => c.trim()).filter(Boolean);
-        return await exportTable(store, source, { ...common, format: format as TableFormat, partitionBy });
-      } catch (error) {
-        if (error instanceof ExportError) throw new UsageError(error.message);
-        throw error;
+      if (format === 'trl') {
+        return exportTrl(store, {
+          ...common,
+          layout: values.layout as TrlLayout | undefined,
+          rowsPerShard: numberOption(values['rows-per-shard'], 'rows-per-shard', DEFAULT_ROWS_PER_SHARD),
+          alpha: values.alpha === undefined ? undefined : numberOption(values.alpha, 'alpha', 0),
+          scale: values.scale === undefined ? undefined : numberOption(values.scale, 'scale', 0),
+          policy: values.policy,
+        });
       }
+      if (format === 'aspo-reference') return exportAspoReference(store, { ...common, scores: values.scores as AspoReferenceScores | undefined });
+      const source = values.table !== undefined ? { table: values.table } : { sql: values.sql! };
+      const partitionBy = values['partition-by']?.split(',').map((c) => c.trim()).filter(Boolean);
+      return exportTable(store, source, { ...common, format: format as TableFormat, partitionBy });
     }, { readOnly: true });
     const left = summary.leftOut;
     const reasons = left ? [
@@ -87,6 +86,7 @@ export const command: Command = {
     const extra = reasons.length ? `; pairs the trainer cannot use, left out: ${reasons.join(', ')}` : '';
     process.stderr.write(`aspo export: ${summary.rows} rows to ${values.out} (${summary.files.length} file${summary.files.length === 1 ? '' : 's'}) ` +
       `in ${summary.seconds.toFixed(1)}s${extra}\n`);
+    if (values.json) printJson(summary);
     return 0;
   },
 };

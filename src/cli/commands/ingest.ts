@@ -3,7 +3,7 @@ import { FILE_FORMATS, type FileFormat } from '../../ingest/readers.js';
 import { ROW_LAYOUTS, type RowLayout } from '../../ingest/rows.js';
 import { existsSync, rmSync } from 'node:fs';
 import { withStore, type Store } from '../../store/store.js';
-import { DB_OPTION, numberOption, parse, UsageError, type Command } from '../command.js';
+import { DB_OPTION, JSON_OPTION, numberOption, parse, printJson, UsageError, type Command } from '../command.js';
 import { Progress } from '../progress.js';
 
 export const command: Command = {
@@ -21,6 +21,7 @@ export const command: Command = {
   --duckdb-memory M   DuckDB's memory limit while ingesting (default 512MB)
   --no-fast-path      read every row in JavaScript (by default DuckDB reads simple JSON Lines rows itself: same result, faster)
   --strict            exit with status 3 if any row was rejected
+  --json              the summary as one JSON object on stdout
 
 Rejected rows are kept in the rejects table with the reason:
   aspo query "SELECT source_row, field, reason FROM rejects WHERE stage = 'ingest'"`,
@@ -38,6 +39,7 @@ Rejected rows are kept in the rejects table with the reason:
       'commit-rows': { type: 'string' },
       'duckdb-memory': { type: 'string' },
       strict: { type: 'boolean', default: false },
+      ...JSON_OPTION,
       'no-fast-path': { type: 'boolean', default: false },
     }, true);
     if (!positionals.length) throw new UsageError('give at least one dataset file');
@@ -77,6 +79,7 @@ Rejected rows are kept in the rejects table with the reason:
     if (summary.rejected) {
       process.stderr.write(`ingest: ${summary.rejected} row(s) rejected; see them with: aspo query "SELECT source, source_row, field, reason FROM rejects" --db ${values.db}\n`);
     }
+    if (values.json) printJson(summary);
     return values.strict && summary.rejected ? 3 : 0;
   },
 };

@@ -8,7 +8,7 @@ import { DEFAULT_REF_BATCH_SIZE, loadReferenceModel, scoreReference, type Refere
 import { DEFAULT_LM_BATCH_SIZE, LmModelError, loadCausalLm, scoreLm, type CausalLm } from '../../score/lm.js';
 import { initBackend } from '../../train/backend.js';
 import { Progress } from '../progress.js';
-import { DB_OPTION, numberOption, parse, UsageError, type Command } from '../command.js';
+import { DB_OPTION, JSON_OPTION, numberOption, parse, printJson, UsageError, type Command } from '../command.js';
 import { backendOption } from '../model-options.js';
 import { maxJobBytes, positiveInteger, QUEUE_OPTIONS, QUEUE_USAGE, queueFromFlags } from '../queue-options.js';
 import { clipIdentity } from '../../score/clip.js';
@@ -20,7 +20,7 @@ const DEVICES: readonly ClipDevice[] = ['auto', 'cpu', 'cuda'];
 const SIMILARITIES = ['clip', 'grounding'] as const;
 
 export const command: Command = {
-  usage: 'aspo score --db PATH [--clip MODEL] [--ref CHECKPOINT] [--lm MODEL] [--similarity clip|grounding] [--device auto|cpu|cuda]\n' +
+  usage: 'aspo score --db PATH [--clip MODEL] [--ref CHECKPOINT] [--lm MODEL] [--similarity clip|grounding] [--device auto|cpu|cuda] [--json]\n' +
     '           [--backend auto|wasm|cpu|tensorflow|tensorflow-gpu] [--batch-size N] [--commit-sentences N]\n' +
     '           [--queue URL [--queue-name NAME] [--attempts N] [--ahead N] [--max-job-mb MB] [--images-dir DIR]]\n\n' +
     '  Scores the sentences of every pair (run `aspo segment --db` first) into `sentence_scores`; `sentence_weights`\n' +
@@ -55,6 +55,7 @@ export const command: Command = {
       ref: { type: 'string' },
       lm: { type: 'string' },
       similarity: { type: 'string' },
+      ...JSON_OPTION,
       device: { type: 'string', default: 'auto' },
       backend: { type: 'string', default: 'auto' },
       'batch-size': { type: 'string' },
@@ -96,7 +97,8 @@ export const command: Command = {
         batchSize, commitSentences, ahead: positiveInteger(values.ahead, 'ahead', DEFAULT_AHEAD), attempts: positiveInteger(values.attempts, 'attempts', DEFAULT_ATTEMPTS), maxJobBytes: maxJobBytes(values['max-job-mb']),
         imagesDir: values['images-dir'],
       };
-      await withStore(values.db, (store) => coordinate(store, location, model, options));
+      const clip = await withStore(values.db, (store) => coordinate(store, location, model, options));
+      if (values.json) printJson({ clip });
       return 0;
     }
 
@@ -127,13 +129,15 @@ export const command: Command = {
         throw error;
       }
     }
+    // One summary per scorer that ran, keyed by what it computed.
+    const summary: Record<string, object> = {};
     try {
       await withStore(values.db, async (store) => {
-        if (encoder) await scoreClip(store, encoder, batchSize, commitSentences);
-        if (lm) await scoreWithLm(store, lm, batchSize);
+        if (encoder) summary.clip = await scoreClip(store, encoder, batchSize, commitSentences);
+        if (lm) summary.perplexity = await scoreWithLm(store, lm, batchSize);
         if (ref) {
-          await scoreWithReference(store, ref, 'perplexity', batchSize);
-          if (similarity === 'grounding') await scoreWithReference(store, ref, 'grounding', batchSize);
+          summary.perplexity = await scoreWithReference(store, ref, 'perplexity', batchSize);
+          if (similarity === 'grounding') summary.grounding = await scoreWithReference(store, ref, 'grounding', batchSize);
         }
       });
     } finally {
@@ -141,11 +145,12 @@ export const command: Command = {
       ref?.model.dispose();
       await lm?.dispose();
     }
+    if (values.json) printJson(summary);
     return 0;
   },
 };
 
-async function scoreClip(store: Store, encoder: ClipEncoder, batchSize: number, commitSentences: number): Promise<void> {
+async function scoreClip(store: Store, encoder: ClipEncoder, batchSize: number, commitSentences: number): Promise<object> {
   const progress = new Progress({ label: 'score', unit: 'sentences' });
   const s = await scoreSimilarity(store, encoder, {
     batchSize,
@@ -160,9 +165,10 @@ async function scoreClip(store: Store, encoder: ClipEncoder, batchSize: number, 
     `${encoder.contextLength}-token context, ${s.imageErrors} with an undecodable image; ${s.alreadyDone} already ` +
     `scored; ${s.textOnlySentences} sentences of ${s.textOnlyPairs} text-only pairs skipped` +
     (s.unsegmentedPairs ? `; ${s.unsegmentedPairs} pairs not segmented yet (run \`aspo segment --db\`)` : ''));
+  return s;
 }
 
-async function coordinate(store: Store, location: QueueLocation, model: ModelRef, options: QueueScoreOptions): Promise<void> {
+async function coordinate(store: Store, location: QueueLocation, model: ModelRef, options: QueueScoreOptions): Promise<object> {
   const progress = new Progress({ label: 'score', unit: 'sentences' });
   process.stderr.write(`score: coordinating ${model.id} through ${location.redacted} (queue ${location.name}); start workers with ` +
     `\`aspo worker --clip MODEL --queue URL${location.name === DEFAULT_QUEUE_NAME ? '' : ` --queue-name ${location.name}`}\`\n`);
@@ -189,9 +195,10 @@ async function coordinate(store: Store, location: QueueLocation, model: ModelRef
     `attempts (see the rejects table), ${s.lostJobs} jobs added again after vanishing from Redis; ${s.alreadyDone} already scored; ` +
     `${s.textOnlySentences} sentences of ${s.textOnlyPairs} text-only pairs skipped` +
     (s.unsegmentedPairs ? `; ${s.unsegmentedPairs} pairs not segmented yet (run \`aspo segment --db\`)` : ''));
+  return s;
 }
 
-async function scoreWithReference(store: Store, ref: ReferenceModel, signal: ReferenceSignal, batchSize: number): Promise<void> {
+async function scoreWithReference(store: Store, ref: ReferenceModel, signal: ReferenceSignal, batchSize: number): Promise<object> {
   const progress = new Progress({ label: signal === 'grounding' ? 'grounding' : 'perplexity', unit: 'responses' });
   const s = await scoreReference(store, ref, signal, {
     batchSize,
@@ -204,9 +211,10 @@ async function scoreWithReference(store: Store, ref: ReferenceModel, signal: Ref
     `${s.tooLong} longer than the model's context, ${s.unencodable} unencodable, ${s.imageErrors} with an undecodable ` +
     `image; ${s.emptySentences} sentences without a token of their own; ${s.textOnlyResponses} text-only responses ` +
     (signal === 'grounding' ? 'not scored (no image)' : 'run without an image'));
+  return s;
 }
 
-async function scoreWithLm(store: Store, lm: CausalLm, batchSize: number): Promise<void> {
+async function scoreWithLm(store: Store, lm: CausalLm, batchSize: number): Promise<object> {
   const progress = new Progress({ label: 'perplexity', unit: 'responses' });
   const s = await scoreLm(store, lm, {
     batchSize,
@@ -217,4 +225,5 @@ async function scoreWithLm(store: Store, lm: CausalLm, batchSize: number): Promi
   progress.done(`${s.sentences} sentences of ${s.responses} responses scored with ${s.model} in ${s.seconds.toFixed(1)} s ` +
     `(${rate.toFixed(1)} sentences/s, ${s.modelSeconds.toFixed(1)} s in the model); skipped: ${s.tooLong} longer than ` +
     `the model's context (${lm.maxLength} tokens); ${s.emptySentences} sentences without a token of their own`);
+  return s;
 }

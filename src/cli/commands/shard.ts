@@ -8,7 +8,7 @@ import { DEFAULT_REF_BATCH_SIZE } from '../../score/perplexity.js';
 import { initBackend } from '../../train/backend.js';
 import { backendOption } from '../model-options.js';
 import { Progress } from '../progress.js';
-import { DB_OPTION, numberOption, parse, UsageError, type Command } from '../command.js';
+import { DB_OPTION, JSON_OPTION, numberOption, parse, printJson, UsageError, type Command } from '../command.js';
 
 function oneOf<T extends string>(value: string, allowed: readonly T[], name: string): T {
   if (!(allowed as readonly string[]).includes(value)) throw new UsageError(`--${name} must be one of ${allowed.join(', ')}, got "${value}"`);
@@ -39,6 +39,7 @@ export const command: Command = {
   async run(argv) {
     const { values } = parse(argv, {
       ...DB_OPTION,
+      ...JSON_OPTION,
       tokenizer: { type: 'string' },
       ref: { type: 'string' },
       out: { type: 'string' },
@@ -96,7 +97,7 @@ export const command: Command = {
       ? `${summary.out} is up to date (same inputs and options, files verified): nothing written`
       : `${counts.train} train + ${counts.eval} eval pairs in ${summary.files} files → ${summary.out}; ` +
         `${counts.dropped} dropped, ${counts.truncated} truncated, ${counts.images} images, in ${progress.seconds.toFixed(1)} s`);
-    process.stdout.write(`${JSON.stringify(summary)}\n`);
+    printJson(summary);  // always: --json is accepted for symmetry with the other commands
     return 0;
   },
 };

@@ -1,5 +1,5 @@
 import { Progress } from '../progress.js';
-import { DB_OPTION, numberOption, parse, UsageError, type Command, type Options } from '../command.js';
+import { DB_OPTION, JSON_OPTION, numberOption, parse, printJson, UsageError, type Command, type Options } from '../command.js';
 import { withStore } from '../../store/store.js';
 import { BACKENDS, initBackend } from '../../train/backend.js';
 import { backendOption, lossFromFlags } from '../model-options.js';
@@ -18,6 +18,7 @@ import { openShardSet } from '../../shard/read.js';
 /** Options every objective takes. */
 const COMMON_OPTIONS = {
   ...DB_OPTION,
+  ...JSON_OPTION,  // the summary is always one JSON object on stdout; --json is accepted for symmetry
   objective: { type: 'string' },
   out: { type: 'string' },
   steps: { type: 'string' },
@@ -222,7 +223,7 @@ async function runSftCommand(values: Values): Promise<number> {
   progress.done(`${result.steps} steps, loss ${result.finalLoss.toFixed(3)}` +
     (result.eval ? `, held-out sentence accuracy ${(100 * result.eval.sentenceAccuracy).toFixed(1)}% (${result.eval.probes} probes)` : '') +
     `, ${Math.round(result.tokensPerSecond).toLocaleString('en-US')} tok/s in ${result.seconds.toFixed(1)} s → ${values.out}`);
-  process.stdout.write(JSON.stringify({ ...result, backend, checkpoint: values.out }) + '\n');
+  printJson({ ...result, backend, checkpoint: values.out });
   return 0;
 }
 
@@ -330,7 +331,7 @@ async function runPreferenceCommand(objective: PreferenceObjective, values: Valu
   progress.done(`${result.steps} steps, loss ${result.train.loss?.toFixed(3)}` +
     (result.eval?.pairs ? `, eval reward accuracy ${(100 * result.eval.metrics['rewards/accuracies']!).toFixed(1)}%` : '') +
     `, ${result.pairsPerSecond.toFixed(1)} pairs/s in ${result.seconds.toFixed(1)} s → ${values.out}`);
-  process.stdout.write(JSON.stringify({ ...result, backend, checkpoint: values.out }) + '\n');
+  printJson({ ...result, backend, checkpoint: values.out });
   return 0;
 }
 
