@@ -9,9 +9,15 @@
  * probes, and reward accuracy on the held-out pairs. The AUROC of the reference-time sentence weights against the
  * sentences' truth is computed on the training pairs.
  *
+ * `--setting on-policy` builds the pairs from the reference's own answers instead (`aspo synth --on-policy`): it
+ * describes every training image K times (sampled once per experiment and shared by the noise levels), the world's
+ * truth judges every sentence, each label flipped with probability = the noise level (an imperfect annotator), and
+ * the sample with the fewest hallucinated sentences is chosen over the one with the most.
+ *
  *   npx tsc -p . && node dist/bench/aspo-vs-dpo.js [--quick] [--out bench-output/aspo-vs-dpo] [--seeds 3]
  *       [--noise 0.2,0.4] [--images 1000] [--steps N] [--reference CHECKPOINT] [--jobs 2]
- *       [--methods dpo,aspo-p,aspo-s,aspo,aspo-mass] [--markdown FILE]
+ *       [--methods dpo,aspo-p,aspo-s,aspo,aspo-mass] [--markdown FILE] [--setting template|on-policy]
+ *       [--samples 4] [--samples-from samples.jsonl]
  */
 import { spawn } from 'node:child_process';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
@@ -26,6 +32,7 @@ import { openShardSet } from '../src/shard/read.js';
 import { writeShards } from '../src/shard/stage.js';
 import { withStore } from '../src/store/store.js';
 import { evaluateGenerations } from '../src/synth/evaluate.js';
+import { ON_POLICY_DEFAULTS, onPolicyPairs } from '../src/synth/on-policy.js';
 import { synthesize } from '../src/synth/synthesize.js';
 import { initBackend } from '../src/train/backend.js';
 import { lossConfig, type AspoLossConfig } from '../src/train/loss.js';
@@ -72,6 +79,11 @@ export interface ExperimentConfig {
   /** Overrides of the SFT and preference-training defaults (the quick variant shrinks the model). */
   sft?: Partial<SftOptions>;
   preference?: Partial<PreferenceOptions>;
+  /** Where the pairs come from: the world's templates (default), or the reference's own sampled answers. */
+  setting?: 'template' | 'on-policy';
+  /** On-policy: responses sampled per image (default ON_POLICY_DEFAULTS.samples), and samples.jsonl of an earlier sampling to reuse. */
+  samples?: number;
+  samplesFrom?: string;
   log?: (line: string) => void;
 }
 
@@ -102,16 +114,50 @@ export interface ExperimentResult {
   seconds: number;
 }
 
+/** The folder of the experiment's runs at one noise level. */
+const noiseDir = (config: ExperimentConfig, noise: number) => path.join(config.out, `${config.setting === 'on-policy' ? 'on-policy-' : ''}noise-${noise}`);
+
+/**
+ * The on-policy setting's samples: the reference describes every training image of the (noise-free) world K times,
+ * once per experiment; each noise level judges these same samples again. Returns the world and samples.jsonl.
+ */
+export async function onPolicySamples(config: ExperimentConfig, reference: string): Promise<{ world: string; samples: string }> {
+  const world = path.join(config.out, 'on-policy-world');
+  if (config.samplesFrom) return { world, samples: config.samplesFrom };
+  await synthesize({ out: world, force: true, seed: config.worldSeed, images: config.images, evalImages: config.evalImages });
+  const out = path.join(config.out, 'on-policy-samples');
+  const summary = await onPolicyPairs({
+    ...ON_POLICY_DEFAULTS, ref: reference, world, out, samples: config.samples ?? ON_POLICY_DEFAULTS.samples, seed: config.worldSeed, force: true,
+  });
+  config.log?.(`on-policy samples: ${summary.samples} of ${summary.prompts} images in ${summary.seconds.toFixed(0)} s, ` +
+    `hallucinated sentences ${(100 * summary.sampleHallucinationRate).toFixed(1)}%`);
+  return { world, samples: path.join(out, 'samples.jsonl') };
+}
+
 /** The synthetic world of one noise level, ingested, segmented, scored and sharded with the reference. */
 async function prepareWorld(dir: string, noise: number, config: ExperimentConfig, reference: string) {
-  const data = path.join(dir, 'data');
   const db = path.join(dir, 'store.duckdb');
   const shards = path.join(dir, 'shards');
   await rm(db, { force: true });
-  await synthesize({ out: data, force: true, seed: config.worldSeed, images: config.images, evalImages: config.evalImages, noise });
+  let data = path.join(dir, 'data');
+  let pairs = path.join(data, 'pairs.jsonl');
+  if (config.setting === 'on-policy') {
+    const sampled = await onPolicySamples(config, reference);
+    data = sampled.world;
+    const judged = path.join(dir, 'pairs');
+    const summary = await onPolicyPairs({
+      ...ON_POLICY_DEFAULTS, ref: reference, world: data, out: judged, seed: config.worldSeed,
+      samplesFrom: sampled.samples, labelNoise: noise, force: true,
+    });
+    config.log?.(`on-policy noise ${noise}: ${summary.pairs} pairs, hallucinated sentences chosen ${(100 * summary.chosenHallucinationRate).toFixed(1)}%, ` +
+      `rejected ${(100 * summary.rejectedHallucinationRate).toFixed(1)}%, labels flipped ${(100 * summary.flippedLabels).toFixed(1)}%`);
+    pairs = path.join(judged, 'pairs.jsonl');
+  } else {
+    await synthesize({ out: data, force: true, seed: config.worldSeed, images: config.images, evalImages: config.evalImages, noise });
+  }
   const weightAuroc: ExperimentResult['weightAuroc'] = [];
   await withStore(db, async (store) => {
-    await ingest(store, [path.join(data, 'pairs.jsonl')]);
+    await ingest(store, [pairs]);
     await segmentStage(store);
     const ref = await loadReferenceModel(reference);
     await scoreReference(store, ref, 'perplexity');
@@ -160,7 +206,7 @@ export async function runExperiment(config: ExperimentConfig): Promise<Experimen
   const runs: RunResult[] = [];
   const weightAuroc: ExperimentResult['weightAuroc'] = [];
   for (const noise of config.noises) {
-    const world = await prepareWorld(path.join(config.out, `noise-${noise}`), noise, config, reference);
+    const world = await prepareWorld(noiseDir(config, noise), noise, config, reference);
     weightAuroc.push(...world.weightAuroc);
     if (!referenceEval) {
       const ref = await loadReferenceModel(reference);
@@ -170,7 +216,7 @@ export async function runExperiment(config: ExperimentConfig): Promise<Experimen
     log(`noise ${noise}: weight AUROC ${world.weightAuroc.map((w) => `α=${w.alpha} ${w.auroc.toFixed(3)}`).join(', ')}`);
     for (const seed of config.seeds) {
       for (const method of config.methods) {
-        const out = path.join(config.out, `noise-${noise}`, `${method.key}-seed${seed}`);
+        const out = path.join(noiseDir(config, noise), `${method.key}-seed${seed}`);
         await rm(out, { recursive: true, force: true });
         const runStarted = performance.now();
         const trainer = await PreferenceTrainer.create({
@@ -209,6 +255,7 @@ export async function runExperiment(config: ExperimentConfig): Promise<Experimen
   }
   return {
     config: { out: config.out, worldSeed: config.worldSeed, reference: config.reference, noises: config.noises, seeds: config.seeds,
+      setting: config.setting ?? 'template', samples: config.samples, samplesFrom: config.samplesFrom,
       images: config.images, evalImages: config.evalImages, sftSteps: config.sftSteps, steps: config.steps, methods: config.methods.map((m) => m.name) },
     reference: { ...(referenceEval ?? { hallucinationRate: NaN, unknownRate: NaN, sentenceAccuracy: NaN, rewardAccuracy: NaN }), sftSeconds },
     weightAuroc,
@@ -230,7 +277,8 @@ export function resultsTable(result: ExperimentResult): string {
   lines.push(`SFT reference: hallucination rate ${(100 * r.hallucinationRate).toFixed(1)}%, sentence accuracy ` +
     `${(100 * r.sentenceAccuracy).toFixed(1)}%, unreadable sentences ${(100 * r.unknownRate).toFixed(1)}%.`, '');
   for (const noise of result.config.noises) {
-    lines.push(`**Noise ${noise}** (${result.config.seeds.length} seeds; mean ± std, %)`, '',
+    const title = result.config.setting === 'on-policy' ? `On-policy pairs, label noise ${noise}` : `Noise ${noise}`;
+    lines.push(`**${title}** (${result.config.seeds.length} seeds; mean ± std, %)`, '',
       '| method | hallucination rate ↓ | sentence accuracy ↑ | reward accuracy ↑ | unreadable |', '| --- | ---: | ---: | ---: | ---: |');
     for (const method of result.config.methods) {
       const runs = result.runs.filter((run) => run.noise === noise && run.method === method);
@@ -265,8 +313,11 @@ async function main(): Promise<void> {
       seeds: { type: 'string' }, noise: { type: 'string' }, images: { type: 'string' }, 'eval-images': { type: 'string' },
       steps: { type: 'string' }, 'sft-steps': { type: 'string' }, markdown: { type: 'string' }, 'results-json': { type: 'string' },
       methods: { type: 'string', default: DEFAULT_METHODS.join(',') },
+      setting: { type: 'string', default: 'template' }, samples: { type: 'string', default: String(ON_POLICY_DEFAULTS.samples) },
+      'samples-from': { type: 'string' },
     },
   });
+  if (values.setting !== 'template' && values.setting !== 'on-policy') throw new Error(`--setting must be template or on-policy, got ${values.setting}`);
   const quick = values.quick;
   const seedCount = Number(values.seeds ?? (quick ? 1 : 3));
   const config: ExperimentConfig = {
@@ -284,6 +335,9 @@ async function main(): Promise<void> {
       if (!method) throw new Error(`--methods: unknown method "${key}" (known: ${METHODS.map((m) => m.key).join(', ')})`);
       return method;
     }),
+    setting: values.setting,
+    samples: Number(values.samples),
+    samplesFrom: values['samples-from'] && path.resolve(values['samples-from']),
     log: (line) => process.stderr.write(`${line}\n`),
   };
   const jobs = Math.min(Number(values.jobs), config.noises.length);
@@ -294,8 +348,10 @@ async function main(): Promise<void> {
     // The wasm backend runs on one thread: one child process per noise level uses the other cores.
     await mkdir(config.out, { recursive: true });
     const reference = config.reference ?? (await prepareReference(config)).dir;
-    const argv = process.argv.slice(2).filter((a, i, all) => !['--jobs', '--noise', '--markdown', '--results-json', '--reference'].includes(a) &&
-      !['--jobs', '--noise', '--markdown', '--results-json', '--reference'].includes(all[i - 1] ?? ''));
+    // on-policy: sampled once here, judged by each child at its noise level
+    const shared = config.setting === 'on-policy' ? ['--samples-from', (await onPolicySamples(config, reference)).samples] : [];
+    const owned = ['--jobs', '--noise', '--markdown', '--results-json', '--reference', '--samples-from'];
+    const argv = [...process.argv.slice(2).filter((a, i, all) => !owned.includes(a) && !owned.includes(all[i - 1] ?? '')), ...shared];
     const parts = await Promise.all(config.noises.map(async (noise) => {
       const file = path.join(config.out, `results-noise-${noise}.json`);
       await new Promise<void>((resolve, reject) => {
