@@ -107,6 +107,13 @@ export function dot(a: Float32Array, b: Float32Array): number {
 
 type Transformers = typeof import('@huggingface/transformers');
 type ImageProcessor = Awaited<ReturnType<Transformers['AutoImageProcessor']['from_pretrained']>>;
+type RawImage = InstanceType<Transformers['RawImage']>;
+
+/** Decodes an image file (any format sharp reads) into the library's RGB RawImage, as its processors take it. */
+export async function decodeRawImage(hf: Transformers, bytes: Uint8Array): Promise<RawImage> {
+  const { data, info } = await sharp(bytes).removeAlpha().toColourspace('srgb').raw().toBuffer({ resolveWithObject: true });
+  return new hf.RawImage(new Uint8ClampedArray(data.buffer, data.byteOffset, data.length), info.width, info.height, 3);
+}
 
 export class ClipEncoder {
   private readonly limit: ReturnType<typeof pLimit>;
@@ -224,9 +231,7 @@ export class ClipEncoder {
     const failures: PreprocessedImages['failures'] = [];
     const images = await Promise.all(files.map((bytes, index) => this.limit(async () => {
       try {
-        const { data, info } = await sharp(bytes).removeAlpha().toColourspace('srgb').raw()
-          .toBuffer({ resolveWithObject: true });
-        return new this.hf.RawImage(new Uint8ClampedArray(data.buffer, data.byteOffset, data.length), info.width, info.height, 3);
+        return await decodeRawImage(this.hf, bytes);
       } catch (error) {
         failures.push({ index, reason: (error as Error).message });
         return null;

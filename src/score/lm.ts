@@ -31,19 +31,20 @@ export interface CausalLm {
 }
 
 /**
- * log p(ids[t] | ids[<t]) for t = 1..length−1 of one row, from row-major logits [rows, width, vocab] (position t−1
- * predicts token t), log-softmax accumulated in float64. Pure.
+ * log p(ids[t] | ids[<t]) for t = from..length−1 of one row (default from 1: every token with a context), from
+ * row-major logits [rows, width, vocab] (position t−1 predicts token t), log-softmax accumulated in float64. Pure.
  */
 export function rowTokenLogProbs(logits: ArrayLike<number>, row: number, width: number, vocab: number,
-  ids: readonly number[]): Float64Array {
-  const out = new Float64Array(Math.max(ids.length - 1, 0));
-  for (let t = 1; t < ids.length; t++) {
+  ids: readonly number[], from = 1): Float64Array {
+  if (from < 1) throw new Error(`rowTokenLogProbs: the first token has no context (from = ${from})`);
+  const out = new Float64Array(Math.max(ids.length - from, 0));
+  for (let t = from; t < ids.length; t++) {
     const base = (row * width + t - 1) * vocab;
     let max = -Infinity;
     for (let v = 0; v < vocab; v++) max = Math.max(max, logits[base + v]!);
     let sum = 0;
     for (let v = 0; v < vocab; v++) sum += Math.exp(logits[base + v]! - max);
-    out[t - 1] = logits[base + ids[t]!]! - max - Math.log(sum);
+    out[t - from] = logits[base + ids[t]!]! - max - Math.log(sum);
   }
   return out;
 }

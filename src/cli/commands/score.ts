@@ -6,6 +6,8 @@ import { ClipEncoder, ClipModelError, type ClipDevice } from '../../score/clip.j
 import { DEFAULT_COMMIT_SENTENCES, DEFAULT_SCORE_BATCH_SIZE, scoreSimilarity } from '../../score/stage.js';
 import { DEFAULT_REF_BATCH_SIZE, loadReferenceModel, scoreReference, type ReferenceModel, type ReferenceSignal } from '../../score/perplexity.js';
 import { DEFAULT_LM_BATCH_SIZE, LmModelError, loadCausalLm, scoreLm, type CausalLm } from '../../score/lm.js';
+import { DEFAULT_VLM_BATCH_SIZE, DEFAULT_VLM_COMMIT_RESPONSES, VisionLanguageScorer, VLM_DEVICES, VLM_DTYPE_SUFFIX, VLM_FAMILIES, VlmModelError,
+  scoreVlm, type VlmDevice, type VlmDtype, type VlmScoreSummary } from '../../score/vlm.js';
 import { initBackend } from '../../train/backend.js';
 import { Progress } from '../progress.js';
 import { DB_OPTION, JSON_OPTION, numberOption, parse, printJson, UsageError, type Command } from '../command.js';
@@ -20,8 +22,9 @@ const DEVICES: readonly ClipDevice[] = ['auto', 'cpu', 'cuda'];
 const SIMILARITIES = ['clip', 'grounding'] as const;
 
 export const command: Command = {
-  usage: 'aspo score --db PATH [--clip MODEL] [--ref CHECKPOINT] [--lm MODEL] [--similarity clip|grounding] [--device auto|cpu|cuda] [--json]\n' +
-    '           [--backend auto|wasm|cpu|tensorflow|tensorflow-gpu] [--batch-size N] [--commit-sentences N]\n' +
+  usage: 'aspo score --db PATH [--clip MODEL] [--ref CHECKPOINT] [--lm MODEL] [--vlm MODEL] [--similarity clip|grounding] [--json]\n' +
+    '           [--device auto|cpu|cuda|webgpu] [--dtype fp32|fp16|q8|q4|...] [--require-image]\n' +
+    '           [--backend auto|wasm|cpu|tensorflow|tensorflow-gpu] [--batch-size N] [--commit-sentences N] [--commit-responses N]\n' +
     '           [--queue URL [--queue-name NAME] [--attempts N] [--ahead N] [--max-job-mb MB] [--images-dir DIR]]\n\n' +
     '  Scores the sentences of every pair (run `aspo segment --db` first) into `sentence_scores`; `sentence_weights`\n' +
     '  then gives the sentence-level (ASPO) weights.\n' +
@@ -37,11 +40,18 @@ export const command: Command = {
     '  (a model id in transformers.js layout, downloaded where the network allows, or a local folder with config.json,\n' +
     '  tokenizer.json, tokenizer_config.json, onnx/model.onnx), text only: prompt + response as one string, no chat\n' +
     '  template. Responses longer than its context are counted and skipped. Writes the same columns as --ref: give one.\n' +
+    `  --vlm MODEL: perplexity (and reference log-prob sums) of each sentence under a Hugging Face vision-language model\n` +
+    `  (${VLM_FAMILIES.join(', ')}; a model id in transformers.js layout or a local folder, see docs/score.md), given the\n` +
+    '  image and the prompt in the model\'s chat template, one teacher-forced pass per response; each image is encoded once.\n' +
+    '  Text-only pairs run without an image (counted), or are skipped with --require-image. --dtype picks the weight\n' +
+    `  variant (default fp32), --device also takes webgpu. Same columns as --ref and --lm: give one of the three.\n` +
     '  --similarity grounding (needs --ref): similarity = mean per-token log-prob gain of the sentence with its image\n' +
     '  over without, under the --ref model (pairs with an image). --similarity clip (the default) needs --clip.\n' +
     '  Incremental: sentences already scored with the same model are skipped.\n' +
-    `  --batch-size: images and texts (CLIP, default ${DEFAULT_SCORE_BATCH_SIZE}) or responses (--ref, default ${DEFAULT_REF_BATCH_SIZE}; --lm, default ${DEFAULT_LM_BATCH_SIZE}) per model call.\n` +
+    `  --batch-size: images and texts (CLIP, default ${DEFAULT_SCORE_BATCH_SIZE}) or responses (--ref, default ${DEFAULT_REF_BATCH_SIZE}; --lm, default ${DEFAULT_LM_BATCH_SIZE};\n` +
+    `  --vlm, default ${DEFAULT_VLM_BATCH_SIZE}, also images per vision-encoder call) per model call.\n` +
     `  --commit-sentences (CLIP): sentences per transaction (default ${DEFAULT_COMMIT_SENTENCES}); a killed run redoes at most these.\n` +
+    `  --commit-responses (--vlm): responses per transaction (default ${DEFAULT_VLM_COMMIT_RESPONSES}, whole pairs).\n` +
     '  With --ref, each batch is one transaction. --backend: the TensorFlow.js backend for --ref (default auto).\n' +
     '  --queue (with --clip): this process becomes the coordinator: it sends the work to `aspo worker` processes on any\n' +
     '  machines through BullMQ on Redis and writes their results into the store (the same rows as without --queue; see\n' +
@@ -54,6 +64,10 @@ export const command: Command = {
       clip: { type: 'string' },
       ref: { type: 'string' },
       lm: { type: 'string' },
+      vlm: { type: 'string' },
+      dtype: { type: 'string', default: 'fp32' },
+      'require-image': { type: 'boolean', default: false },
+      'commit-responses': { type: 'string' },
       similarity: { type: 'string' },
       ...JSON_OPTION,
       device: { type: 'string', default: 'auto' },
@@ -70,21 +84,28 @@ export const command: Command = {
     }
     if (similarity === 'clip' && !values.clip) throw new UsageError('--similarity clip needs --clip MODEL');
     if (similarity === 'grounding' && !values.ref) throw new UsageError('--similarity grounding needs --ref CHECKPOINT');
-    if (!values.clip && !values.ref && !values.lm) {
-      throw new UsageError('--clip MODEL is required (a Hugging Face model id or a local model folder) unless --ref CHECKPOINT or --lm MODEL is given');
+    if (!values.clip && !values.ref && !values.lm && !values.vlm) {
+      throw new UsageError('--clip MODEL is required (a Hugging Face model id or a local model folder) unless --ref CHECKPOINT, --lm MODEL or --vlm MODEL is given');
     }
-    if (values.ref && values.lm) throw new UsageError('--ref and --lm both write the perplexity columns; pick one');
+    if ([values.ref, values.lm, values.vlm].filter(Boolean).length > 1) {
+      throw new UsageError('--ref, --lm and --vlm all write the perplexity columns; pick one');
+    }
     if (similarity === 'grounding' && values.clip) throw new UsageError('--clip and --similarity grounding both write the similarity; pick one');
     const device = values.device as ClipDevice;
-    if (!DEVICES.includes(device)) throw new UsageError(`--device must be one of ${DEVICES.join(', ')}, got "${values.device}"`);
+    const devices: readonly string[] = values.vlm && !values.clip ? VLM_DEVICES : DEVICES;
+    if (!devices.includes(device)) throw new UsageError(`--device must be one of ${devices.join(', ')}, got "${values.device}"`);
+    const dtype = values.dtype as VlmDtype;
+    if (!(dtype in VLM_DTYPE_SUFFIX)) throw new UsageError(`--dtype must be one of ${Object.keys(VLM_DTYPE_SUFFIX).join(', ')}, got "${values.dtype}"`);
     const backend = backendOption(values.backend);
     const batchSize = numberOption(values['batch-size'], 'batch-size',
-      values.clip ? DEFAULT_SCORE_BATCH_SIZE : values.lm ? DEFAULT_LM_BATCH_SIZE : DEFAULT_REF_BATCH_SIZE);
+      values.clip ? DEFAULT_SCORE_BATCH_SIZE : values.lm ? DEFAULT_LM_BATCH_SIZE : values.vlm ? DEFAULT_VLM_BATCH_SIZE : DEFAULT_REF_BATCH_SIZE);
     if (!Number.isInteger(batchSize) || batchSize < 1) throw new UsageError('--batch-size must be a positive integer');
     const commitSentences = numberOption(values['commit-sentences'], 'commit-sentences', DEFAULT_COMMIT_SENTENCES);
     if (!Number.isInteger(commitSentences) || commitSentences < 1) throw new UsageError('--commit-sentences must be a positive integer');
+    const commitResponses = numberOption(values['commit-responses'], 'commit-responses', DEFAULT_VLM_COMMIT_RESPONSES);
+    if (!Number.isInteger(commitResponses) || commitResponses < 1) throw new UsageError('--commit-responses must be a positive integer');
     if (values.queue) {
-      if (!values.clip || values.ref || values.lm) throw new UsageError('--queue runs the --clip scorer through workers; give --clip MODEL (and no --ref or --lm)');
+      if (!values.clip || values.ref || values.lm || values.vlm) throw new UsageError('--queue runs the --clip scorer through workers; give --clip MODEL (and no --ref, --lm or --vlm)');
       const location = queueFromFlags(values);
       let model;
       try {
@@ -120,6 +141,15 @@ export const command: Command = {
         throw error;
       }
     }
+    let vlm: VisionLanguageScorer | undefined;
+    if (values.vlm) {
+      try {
+        vlm = await VisionLanguageScorer.load(values.vlm, { device: device as VlmDevice, dtype });
+      } catch (error) {
+        if (error instanceof VlmModelError) throw new UsageError(error.message);
+        throw error;
+      }
+    }
     let encoder: ClipEncoder | undefined;
     if (values.clip) {
       try {
@@ -135,6 +165,7 @@ export const command: Command = {
       await withStore(values.db, async (store) => {
         if (encoder) summary.clip = await scoreClip(store, encoder, batchSize, commitSentences);
         if (lm) summary.perplexity = await scoreWithLm(store, lm, batchSize);
+        if (vlm) summary.perplexity = await scoreWithVlm(store, vlm, batchSize, commitResponses, values['require-image']!);
         if (ref) {
           summary.perplexity = await scoreWithReference(store, ref, 'perplexity', batchSize);
           if (similarity === 'grounding') summary.grounding = await scoreWithReference(store, ref, 'grounding', batchSize);
@@ -144,6 +175,7 @@ export const command: Command = {
       await encoder?.dispose();
       ref?.model.dispose();
       await lm?.dispose();
+      await vlm?.dispose();
     }
     if (values.json) printJson(summary);
     return 0;
@@ -225,5 +257,25 @@ async function scoreWithLm(store: Store, lm: CausalLm, batchSize: number): Promi
   progress.done(`${s.sentences} sentences of ${s.responses} responses scored with ${s.model} in ${s.seconds.toFixed(1)} s ` +
     `(${rate.toFixed(1)} sentences/s, ${s.modelSeconds.toFixed(1)} s in the model); skipped: ${s.tooLong} longer than ` +
     `the model's context (${lm.maxLength} tokens); ${s.emptySentences} sentences without a token of their own`);
+  return s;
+}
+
+async function scoreWithVlm(store: Store, vlm: VisionLanguageScorer, batchSize: number, commitResponses: number,
+  requireImage: boolean): Promise<VlmScoreSummary> {
+  const progress = new Progress({ label: 'perplexity', unit: 'responses' });
+  const s = await scoreVlm(store, vlm, {
+    batchSize,
+    commitResponses,
+    requireImage,
+    onStart: ({ pendingResponses }) => progress.setTotal(pendingResponses),
+    onBatch: ({ responses }) => progress.at(responses),
+  });
+  const rate = s.sentences / Math.max(s.seconds, 1e-9);
+  progress.done(`${s.sentences} sentences of ${s.responses} responses scored with ${s.model} (${vlm.family}) on ${s.device} in ` +
+    `${s.seconds.toFixed(1)} s (${rate.toFixed(1)} sentences/s; ${s.visionSeconds.toFixed(1)} s in the vision encoder for ` +
+    `${s.images} images in ${s.visionCalls} calls, ${s.decoderSeconds.toFixed(1)} s in ${s.decoderCalls} forward passes); ` +
+    `${s.textOnlyResponses} text-only responses ${requireImage ? 'skipped (--require-image)' : 'scored without an image'}; ` +
+    `skipped: ${s.tooLong} longer than the model's context (${vlm.maxLength} tokens), ${s.imageErrors} with an undecodable image; ` +
+    `${s.emptySentences} sentences without a token of their own`);
   return s;
 }
