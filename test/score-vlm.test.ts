@@ -1,14 +1,12 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import sharp from 'sharp';
-import { segmentStage } from '../src/segment/stage.js';
 import { Store, withStore } from '../src/store/store.js';
 import { scoreVlm, VisionLanguageScorer, type VisionInputs } from '../src/score/vlm.js';
-import { referenceCropFeatures, referenceLogProbs, writeTinyLlava, writeTinySmolVlm, type TinyVlm } from './vlm-fixture.js';
+import { noisePng, referenceCropFeatures, referenceLogProbs, writeTinyLlava, writeTinySmolVlm, writeVlmStore, type TinyVlm } from './vlm-fixture.js';
 import { CLI, ROOT, tempDir } from './support.js';
 
 const PROMPT = 'What is in this image?';
@@ -28,14 +26,6 @@ interface Family {
   sizes: { a: [number, number]; b: [number, number] };
   /** The whole conversation as the model's template and processor write it (answer in place), for the id check. */
   fullIds: (vlm: VisionLanguageScorer, prompt: string, answer: string, image: Uint8Array | null) => Promise<number[]>;
-}
-
-function noisePixels(width: number, height: number, seed: number): Buffer {
-  return Buffer.from(Array.from({ length: width * height * 3 }, (_, i) => (Math.imul(i + 1, 2654435761 + seed) >>> 13) & 255));
-}
-
-async function png(width: number, height: number, seed: number): Promise<Buffer> {
-  return sharp(noisePixels(width, height, seed), { raw: { width, height, channels: 3 } }).png().toBuffer();
 }
 
 type Loaded = { tiny: TinyVlm; vlm: VisionLanguageScorer; images: Record<'a' | 'b', Buffer>; family: Family };
@@ -61,21 +51,10 @@ async function fullConversationIds(vlm: VisionLanguageScorer, prompt: string, an
 }
 
 async function makeDb(l: Loaded): Promise<string> {
-  const db = path.join(tempDir(), `${l.family.name}.duckdb`);
-  await withStore(db, async (store) => {
-    for (const key of ['a', 'b'] as const) {
-      const bytes = l.images[key];
-      const [width, height] = l.family.sizes[key];
-      await store.append('images', ['varchar', 'varchar', 'integer', 'integer', 'integer', 'integer', 'varchar', 'bigint', 'blob', 'varchar'],
-        [[`img-${key}`, createHash('sha256').update(bytes).digest('hex'), width, height, width, height, 'png', bytes.length, new Uint8Array(bytes), 'test']]);
-    }
-    for (const [pairId, image, chosen, rejected] of PAIRS) {
-      await store.run(`INSERT INTO pairs (pair_id, source, source_row, format, prompt, chosen, rejected, image_id)
-        VALUES (?, 'test.jsonl', 0, 'jsonl', ?, ?, ?, ?)`, [pairId, PROMPT, chosen, rejected, image ? `img-${image}` : null]);
-    }
-    await segmentStage(store);
-    await store.run(`INSERT INTO sentence_scores (pair_id, side, idx, similarity, similarity_model) VALUES ('p1', 'chosen', 0, 0.42, 'clip-x')`);
-  });
+  const db = await writeVlmStore(path.join(tempDir(), `${l.family.name}.duckdb`), { 'img-a': l.images.a, 'img-b': l.images.b },
+    PAIRS.map(([pairId, image, chosen, rejected]) => [pairId, image && `img-${image}`, PROMPT, chosen, rejected]));
+  await withStore(db, (store) => store.run(
+    `INSERT INTO sentence_scores (pair_id, side, idx, similarity, similarity_model) VALUES ('p1', 'chosen', 0, 0.42, 'clip-x')`));
   return db;
 }
 
@@ -102,7 +81,7 @@ before(async () => {
   for (const family of FAMILIES) {
     const tiny = family.write(path.join(tempDir(), `tiny-${family.name}`));
     const vlm = await VisionLanguageScorer.load(tiny.dir, { device: 'cpu' });
-    const images = { a: await png(...family.sizes.a, 1), b: await png(...family.sizes.b, 2) };
+    const images = { a: await noisePng(...family.sizes.a, 1), b: await noisePng(...family.sizes.b, 2) };
     loaded.set(family.name, { tiny, vlm, images, family });
   }
 });

@@ -18,6 +18,10 @@
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
+import { createHash } from 'node:crypto';
+import sharp from 'sharp';
+import { segmentStage } from '../src/segment/stage.js';
+import { withStore } from '../src/store/store.js';
 import { Rng } from '../src/util/random.js';
 import { encodeOnnxModel, ONNX_FLOAT, ONNX_INT64, type OnnxNode, type OnnxTensor } from './onnx-writer.js';
 
@@ -501,4 +505,33 @@ export function writeTinySmolVlm(dir: string, options: { dims?: VlmDims; seed?: 
     'onnx/decoder_model_merged.onnx': decoderGraph(weights),
   });
   return { dir, weights, vocab, imageTokenId, tokensPerCrop };
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Stores
+
+/** A PNG of deterministic noise (lossless, so the test knows every pixel). */
+export async function noisePng(width: number, height: number, seed: number): Promise<Buffer> {
+  const pixels = Buffer.from(Array.from({ length: width * height * 3 }, (_, i) => (Math.imul(i + 1, 2654435761 + seed) >>> 13) & 255));
+  return sharp(pixels, { raw: { width, height, channels: 3 } }).png().toBuffer();
+}
+
+/** [pair id, image id or null, prompt, chosen, rejected]. */
+export type FixturePair = [string, string | null, string, string, string];
+
+/** A segmented store holding `images` (id → PNG) and `pairs`. */
+export async function writeVlmStore(db: string, images: Record<string, Buffer>, pairs: readonly FixturePair[]): Promise<string> {
+  await withStore(db, async (store) => {
+    for (const [id, bytes] of Object.entries(images)) {
+      const { width, height } = await sharp(bytes).metadata();
+      await store.append('images', ['varchar', 'varchar', 'integer', 'integer', 'integer', 'integer', 'varchar', 'bigint', 'blob', 'varchar'],
+        [[id, createHash('sha256').update(bytes).digest('hex'), width, height, width, height, 'png', bytes.length, new Uint8Array(bytes), 'test']]);
+    }
+    for (const [pairId, image, prompt, chosen, rejected] of pairs) {
+      await store.run(`INSERT INTO pairs (pair_id, source, source_row, format, prompt, chosen, rejected, image_id)
+        VALUES (?, 'test.jsonl', ?, 'jsonl', ?, ?, ?, ?)`, [pairId, pairs.findIndex((p) => p[0] === pairId), prompt, chosen, rejected, image]);
+    }
+    await segmentStage(store);
+  });
+  return db;
 }

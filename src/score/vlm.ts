@@ -48,6 +48,8 @@ export interface VlmLoadOptions {
   device?: VlmDevice;
   /** Weight variant (default fp32). */
   dtype?: VlmDtype;
+  /** Load the ONNX sessions (default true); without them only the prompt and response encoding works (shards). */
+  sessions?: boolean;
 }
 
 /** The vision encoder's inputs for one or more images (pixel_values and, for Idefics3, pixel_attention_mask). */
@@ -69,6 +71,22 @@ export interface EncodedResponse { ids: number[]; sentenceIds: number[] }
 /** One row of a forward pass: the whole token row, where the scored tokens start, the image features of its slots. */
 export interface ForwardRow { ids: number[]; from: number; features: Float32Array | null }
 
+/** A row to score and the image whose features fill its slots (`vision`: its inputs, for a row with an image). */
+export interface RowToScore { row: ForwardRow; imageId: string | null; vision: VisionInputs | null }
+
+/** Model work done, accumulated over calls. */
+export interface VlmRunStats { images: number; visionCalls: number; decoderCalls: number; visionSeconds: number; decoderSeconds: number }
+
+export type VlmModelCall = { kind: 'vision'; images: VisionInputs[] } | { kind: 'decoder'; rows: ForwardRow[] };
+
+export interface ScoreRowsOptions {
+  /** Rows per forward pass, and images per vision-encoder call. */
+  batchSize: number;
+  stats?: VlmRunStats;
+  /** Sees every model call (the benchmark replays them as bare model calls). */
+  onModelCall?: (call: VlmModelCall) => void;
+}
+
 type Transformers = typeof import('@huggingface/transformers');
 
 const ANSWER = 'ASPO_ANSWER_SLOT_0f3a';
@@ -86,7 +104,7 @@ export class VisionLanguageScorer {
     private readonly hf: Transformers,
     private readonly processor: Processor,
     private readonly tokenizer: PreTrainedTokenizer,
-    private readonly model: PreTrainedModel,
+    private readonly loaded: PreTrainedModel | null,
     private readonly offsets: OffsetTokenizer,
     private readonly imageTokenId: number,
     private readonly padId: number,
@@ -136,7 +154,7 @@ export class VisionLanguageScorer {
     const device = requested === 'auto' ? (onnxRuntimeHasCuda() ? 'cuda' : 'cpu') : requested;
     const [processor, vlm] = await Promise.all([
       hf.AutoProcessor.from_pretrained(source, pretrained),
-      hf.AutoModelForImageTextToText.from_pretrained(source, { ...pretrained, device, dtype }),
+      options.sessions === false ? null : hf.AutoModelForImageTextToText.from_pretrained(source, { ...pretrained, device, dtype }),
     ]).catch(fail);
     const tokenizer = processor.tokenizer;
     if (!tokenizer) throw new VlmModelError(`--vlm: the processor of ${source} has no tokenizer`);
@@ -158,6 +176,11 @@ export class VisionLanguageScorer {
     return new VisionLanguageScorer(dtype === 'fp32' ? id : `${id}:${dtype}`, family, device, dtype, maxLength, hf, processor,
       tokenizer, vlm, hfOffsetTokenizer(tokenizer, { addSpecialTokens: false }), imageTokenId,
       Number(tokenizer.pad_token_id ?? eosId), eosId, /^[▁Ġ ]/.test(probe));
+  }
+
+  private get model(): PreTrainedModel {
+    if (!this.loaded) throw new Error('the model was loaded without its ONNX sessions (sessions: false)');
+    return this.loaded;
   }
 
   /** The chat template's rendering of a one-turn conversation, split where the answer goes. */
@@ -270,6 +293,53 @@ export class VisionLanguageScorer {
     return logits;
   }
 
+  /**
+   * Per item, log p(ids[t] | ids[<t], image) for t = from..length−1 of its row. Each distinct image (by id) goes
+   * through the vision encoder once, images whose inputs have the same shape `batchSize` per call, and its features
+   * fill the slots of every row that shows it; then the rows, sorted by length, go `batchSize` per forward pass.
+   */
+  async scoreRows(items: readonly RowToScore[], options: ScoreRowsOptions): Promise<Float64Array[]> {
+    const { batchSize, stats } = options;
+    const distinct = new Map<string, VisionInputs>();
+    for (const item of items) if (item.imageId !== null && item.vision) distinct.set(item.imageId, item.vision);
+    const byShape = new Map<string, Array<[string, VisionInputs]>>();
+    for (const entry of distinct) {
+      const key = Object.values(entry[1]).map((t) => t.dims.slice(1).join('x')).join('/');
+      byShape.set(key, [...(byShape.get(key) ?? []), entry]);
+    }
+    const features = new Map<string, Float32Array>();
+    for (const group of byShape.values()) {
+      for (let b = 0; b < group.length; b += batchSize) {
+        const batch = group.slice(b, b + batchSize);
+        options.onModelCall?.({ kind: 'vision', images: batch.map(([, v]) => v) });
+        const t0 = performance.now();
+        const out = await this.imageFeatures(batch.map(([, v]) => v));
+        if (stats) {
+          stats.visionSeconds += (performance.now() - t0) / 1000;
+          stats.visionCalls++;
+          stats.images += batch.length;
+        }
+        batch.forEach(([id], i) => features.set(id, out[i]!));
+      }
+    }
+    const rows = items.map((item) => ({ ...item.row, features: item.imageId === null ? null : features.get(item.imageId) ?? null }));
+    const order = rows.map((_, i) => i).sort((a, b) => rows[a]!.ids.length - rows[b]!.ids.length);
+    const out: Float64Array[] = new Array(rows.length);
+    for (let b = 0; b < order.length; b += batchSize) {
+      const batch = order.slice(b, b + batchSize);
+      const batchRows = batch.map((i) => rows[i]!);
+      options.onModelCall?.({ kind: 'decoder', rows: batchRows });
+      const t0 = performance.now();
+      const logps = await this.tokenLogProbs(batchRows);
+      if (stats) {
+        stats.decoderSeconds += (performance.now() - t0) / 1000;
+        stats.decoderCalls++;
+      }
+      batch.forEach((i, k) => { out[i] = logps[k]!; });
+    }
+    return out;
+  }
+
   /** Per row, log p(ids[t] | ids[<t], image) for t = from..length−1 (one forward pass for the batch). */
   async tokenLogProbs(rows: readonly ForwardRow[]): Promise<Float64Array[]> {
     if (rows.length === 0) return [];
@@ -280,7 +350,7 @@ export class VisionLanguageScorer {
   }
 
   async dispose(): Promise<void> {
-    await this.model.dispose();
+    await this.loaded?.dispose();
   }
 }
 
@@ -294,31 +364,23 @@ export interface VlmScoreOptions {
   onStart?: (info: { pendingResponses: number }) => void;
   onBatch?: (progress: { responses: number; sentences: number; total: number }) => void;
   /** Sees every model call (the benchmark replays them as bare model calls). */
-  onModelCall?: (call: { kind: 'vision'; images: VisionInputs[] } | { kind: 'decoder'; rows: ForwardRow[] }) => void;
+  onModelCall?: (call: VlmModelCall) => void;
 }
 
-export interface VlmScoreSummary extends ResponseScoreSummary {
+export interface VlmScoreSummary extends ResponseScoreSummary, VlmRunStats {
   device: string;
   /** Responses of text-only pairs: scored without an image, or skipped with requireImage. */
   textOnlyResponses: number;
   textOnlySkipped: number;
   /** Responses skipped because their image could not be decoded or processed. */
   imageErrors: number;
-  /** Distinct images encoded, vision-encoder calls, forward passes. */
-  images: number;
-  visionCalls: number;
-  decoderCalls: number;
-  visionSeconds: number;
-  decoderSeconds: number;
 }
 
-interface PreparedResponse {
+interface PreparedResponse extends RowToScore {
   response: PendingResponse;
   idxs: number[];
-  row: ForwardRow;
   sentenceIds: number[];
   responseTokens: number;
-  imageId: string | null;
 }
 
 /**
@@ -344,24 +406,16 @@ export async function scoreVlm(store: Store, vlm: VisionLanguageScorer, options:
   options.onStart?.({ pendingResponses: pending.length });
   let done = 0;
   for (const chunk of pairChunks(pending, commit)) {
-    const prepared = await prepareChunk(store, vlm, chunk, batchSize, options, summary);
+    const prepared = await prepareChunk(store, vlm, chunk, summary);
+    const logps = await vlm.scoreRows(prepared, { batchSize, stats: summary, onModelCall: options.onModelCall });
     const rows: unknown[][] = [];
-    const byLength = [...prepared].sort((a, b) => a.row.ids.length - b.row.ids.length);
-    for (let b = 0; b < byLength.length; b += batchSize) {
-      const batch = byLength.slice(b, b + batchSize);
-      options.onModelCall?.({ kind: 'decoder', rows: batch.map((p) => p.row) });
-      const t0 = performance.now();
-      const logps = await vlm.tokenLogProbs(batch.map((p) => p.row));
-      summary.decoderSeconds += (performance.now() - t0) / 1000;
-      summary.decoderCalls++;
-      batch.forEach((p, i) => {
-        // logps[i][j] belongs to token from + j: the response's tokens come first, then the turn's end.
-        sentenceLogProbs(logps[i]!.subarray(0, p.responseTokens), p.sentenceIds, p.idxs.length).forEach((s, k) => {
-          if (s.n === 0) summary.emptySentences++;
-          rows.push(perplexityRow(p.response, p.idxs[k]!, s, vlm.modelId));
-        });
+    prepared.forEach((p, i) => {
+      // logps[i][j] belongs to token from + j: the response's tokens come first, then the turn's end.
+      sentenceLogProbs(logps[i]!.subarray(0, p.responseTokens), p.sentenceIds, p.idxs.length).forEach((s, k) => {
+        if (s.n === 0) summary.emptySentences++;
+        rows.push(perplexityRow(p.response, p.idxs[k]!, s, vlm.modelId));
       });
-    }
+    });
     await writePerplexityRows(store, rows);
     summary.responses += prepared.length;
     summary.sentences += rows.length;
@@ -384,9 +438,9 @@ function* pairChunks(pending: PendingResponse[], size: number): Generator<Pendin
   }
 }
 
-/** Encodes a chunk's prompts (once per pair), images (once each) and responses; skipped responses are counted. */
-async function prepareChunk(store: Store, vlm: VisionLanguageScorer, chunk: PendingResponse[], batchSize: number,
-  options: VlmScoreOptions, summary: VlmScoreSummary): Promise<PreparedResponse[]> {
+/** Encodes a chunk's prompts (once per pair, image processed) and responses; skipped responses are counted. */
+async function prepareChunk(store: Store, vlm: VisionLanguageScorer, chunk: PendingResponse[],
+  summary: VlmScoreSummary): Promise<PreparedResponse[]> {
   const prompts = new Map<string, Promise<EncodedPrompt>>();
   const encodedPrompt = (response: PendingResponse) => {
     let promise = prompts.get(response.pair_id);
@@ -404,7 +458,7 @@ async function prepareChunk(store: Store, vlm: VisionLanguageScorer, chunk: Pend
     }
     return promise;
   };
-  const items: Array<PreparedResponse & { vision: VisionInputs | null }> = [];
+  const items: PreparedResponse[] = [];
   for (const response of chunk) {
     let prompt: EncodedPrompt;
     try {
@@ -426,27 +480,5 @@ async function prepareChunk(store: Store, vlm: VisionLanguageScorer, chunk: Pend
       imageId: response.image_id, vision: prompt.vision, row: { ids, from: prompt.ids.length, features: null },
     });
   }
-  // Each distinct image once; images whose inputs have the same shape share a call.
-  const distinct = new Map<string, VisionInputs>();
-  for (const item of items) if (item.imageId !== null && item.vision) distinct.set(item.imageId, item.vision);
-  const byShape = new Map<string, Array<[string, VisionInputs]>>();
-  for (const entry of distinct) {
-    const key = Object.values(entry[1]).map((t) => t.dims.slice(1).join('x')).join('/');
-    byShape.set(key, [...(byShape.get(key) ?? []), entry]);
-  }
-  const features = new Map<string, Float32Array>();
-  for (const group of byShape.values()) {
-    for (let b = 0; b < group.length; b += batchSize) {
-      const batch = group.slice(b, b + batchSize);
-      options.onModelCall?.({ kind: 'vision', images: batch.map(([, v]) => v) });
-      const t0 = performance.now();
-      const out = await vlm.imageFeatures(batch.map(([, v]) => v));
-      summary.visionSeconds += (performance.now() - t0) / 1000;
-      summary.visionCalls++;
-      summary.images += batch.length;
-      batch.forEach(([id], i) => features.set(id, out[i]!));
-    }
-  }
-  for (const item of items) if (item.imageId !== null) item.row.features = features.get(item.imageId) ?? null;
   return items;
 }

@@ -443,7 +443,7 @@ async function verifies(out: string, manifest: ShardManifest): Promise<boolean> 
   }
 }
 
-async function loadImageBytes(store: Store, ids: ReadonlyArray<string | null>): Promise<Map<string, Uint8Array>> {
+export async function loadImageBytes(store: Store, ids: ReadonlyArray<string | null>): Promise<Map<string, Uint8Array>> {
   const wanted = [...new Set(ids.filter((id): id is string => id !== null))];
   const bytes = new Map<string, Uint8Array>();
   const chunk = 256;
@@ -505,7 +505,7 @@ export function responseTokenLogProbs(model: VisionLanguageModel, images: Array<
 }
 
 /** Deletes shard-set files of an earlier run that the new manifest does not list (other files are left alone). */
-async function removeStaleFiles(out: string, keep: Set<string>): Promise<void> {
+export async function removeStaleFiles(out: string, keep: Set<string>): Promise<void> {
   for (const name of await fs.readdir(out)) {
     if (SHARD_SET_FILE.test(name) && !keep.has(name)) await fs.rm(path.join(out, name), { force: true });
   }
@@ -514,7 +514,7 @@ async function removeStaleFiles(out: string, keep: Set<string>): Promise<void> {
 const REJECT_KINDS: ColumnKind[] = ['varchar', 'varchar', 'bigint', 'varchar', 'varchar', 'varchar'];
 
 /** Replaces the `rejects` rows of earlier shard runs into the same folder with this run's. */
-async function writeRejects(store: Store, out: string, rows: unknown[][]): Promise<void> {
+export async function writeRejects(store: Store, out: string, rows: unknown[][]): Promise<void> {
   await store.run('CREATE TEMP TABLE IF NOT EXISTS shard_rejects (stage VARCHAR, source VARCHAR, source_row BIGINT, field VARCHAR, reason VARCHAR, raw VARCHAR)');
   await store.transaction(async () => {
     await store.run('DELETE FROM shard_rejects');

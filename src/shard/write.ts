@@ -61,7 +61,8 @@ export class ShardWriter {
     this.instance?.closeSync();
   }
 
-  private async writeRows(file: string, columns: readonly ColumnSpec[], rows: readonly Row[]): Promise<string> {
+  /** Any table of `columns` (a shard of another layout); returns the sha256 of the file written. */
+  async writeRows(file: string, columns: readonly ColumnSpec[], rows: readonly Row[]): Promise<string> {
     if (!this.duckdb) {
       const bytes = tableToIPC(arrowTable(columns, rows), 'file');
       await writeAtomically(file, bytes);
@@ -102,7 +103,7 @@ export async function writeImagesFile(file: string, images: ReadonlyArray<{ imag
 }
 
 /** Writes manifest.json atomically (temporary file, then rename). */
-export async function writeManifest(dir: string, manifest: ShardManifest): Promise<void> {
+export async function writeManifest(dir: string, manifest: ShardManifest | object): Promise<void> {
   await writeAtomically(path.join(dir, 'manifest.json'), `${JSON.stringify(manifest, null, 2)}\n`);
 }
 

@@ -5,6 +5,8 @@ import {
   type OverLength, type SplitBy,
 } from '../../shard/stage.js';
 import { DEFAULT_REF_BATCH_SIZE } from '../../score/perplexity.js';
+import { writeModelShards } from '../../shard/model-shards.js';
+import { DEFAULT_VLM_BATCH_SIZE, VLM_DEVICES, VLM_DTYPE_SUFFIX, VlmModelError, type VlmDevice, type VlmDtype } from '../../score/vlm.js';
 import { initBackend } from '../../train/backend.js';
 import { backendOption } from '../model-options.js';
 import { Progress } from '../progress.js';
@@ -35,7 +37,18 @@ export const command: Command = {
   --similarity-model ID: which similarity to store when the store has several (see sentence_scores.similarity_model).
   --batch-size N: responses per reference-model call (default ${DEFAULT_REF_BATCH_SIZE}).
   Prints one JSON summary line on stdout. Dropped pairs:
-    aspo query "SELECT source, source_row, field, reason FROM rejects WHERE stage = 'shard'"`,
+    aspo query "SELECT source, source_row, field, reason FROM rejects WHERE stage = 'shard'"
+
+aspo shard --db PATH --model MODEL --out DIR [--ref-logps] [--alpha A] [--scale L] [--device auto|cpu|cuda|webgpu]
+           [--dtype fp32|fp16|q8|q4|...] [--pairs-per-shard N] [--eval-fraction F] [--split-by image|pair] [--seed N]
+           [--batch-size N]
+
+  Shards for a Hugging Face vision-language model (a Hub id or a local folder in transformers.js layout, as
+  \`aspo score --vlm\` takes): Parquet, one row per pair, each side encoded with the model's chat template, processor
+  and tokenizer as \`aspo score --vlm\` encodes it: *_input_ids, *_attention_mask, *_response_mask, *_sentence_ids,
+  chosen_multipliers (the ASPO multiplier of each token's sentence from sentence_weights(alpha, scale), defaults 0.5
+  and 1), and with --ref-logps *_ref_logps (the model's log-prob of each response token; it runs the model,
+  --batch-size rows per pass, default ${DEFAULT_VLM_BATCH_SIZE}). images.parquet holds the image bytes. See docs/shard.md.`,
   async run(argv) {
     const { values } = parse(argv, {
       ...DB_OPTION,
@@ -53,9 +66,16 @@ export const command: Command = {
       'similarity-model': { type: 'string' },
       'batch-size': { type: 'string' },
       backend: { type: 'string', default: 'auto' },
+      model: { type: 'string' },
+      'ref-logps': { type: 'boolean', default: false },
+      alpha: { type: 'string' },
+      scale: { type: 'string' },
+      device: { type: 'string', default: 'auto' },
+      dtype: { type: 'string', default: 'fp32' },
     });
     if (!values.out) throw new UsageError('--out DIR is required (the folder the shard set is written to)');
-    if (!values.tokenizer && !values.ref) throw new UsageError('--tokenizer CHECKPOINT is required (a model checkpoint folder), or --ref CHECKPOINT');
+    if (values.model) return modelShards(values as ModelShardFlags);
+    if (!values.tokenizer && !values.ref) throw new UsageError('--tokenizer CHECKPOINT is required (a model checkpoint folder), or --ref CHECKPOINT, or --model MODEL');
     const format = oneOf<ShardFormat>(values.format, SHARD_FORMATS, 'format');
     const overLength = oneOf<OverLength>(values['over-length'], OVER_LENGTH_POLICIES, 'over-length');
     const splitBy = oneOf<SplitBy>(values['split-by'], SPLIT_BY, 'split-by');
@@ -101,3 +121,44 @@ export const command: Command = {
     return 0;
   },
 };
+
+interface ModelShardFlags {
+  db: string; out: string; model: string; 'ref-logps': boolean; alpha?: string; scale?: string; device: string; dtype: string;
+  'pairs-per-shard'?: string; 'eval-fraction'?: string; 'split-by': string; seed?: string; 'batch-size'?: string;
+  tokenizer?: string; ref?: string;
+}
+
+async function modelShards(values: ModelShardFlags): Promise<number> {
+  if (values.tokenizer || values.ref) throw new UsageError('--model shards use the model\'s own tokenizer: drop --tokenizer and --ref (use --ref-logps)');
+  const device = oneOf<VlmDevice>(values.device, VLM_DEVICES, 'device');
+  const dtype = oneOf<VlmDtype>(values.dtype, Object.keys(VLM_DTYPE_SUFFIX) as VlmDtype[], 'dtype');
+  const splitBy = oneOf<SplitBy>(values['split-by'], SPLIT_BY, 'split-by');
+  const optional = (name: keyof ModelShardFlags) => {
+    const value = values[name] as string | undefined;
+    return value === undefined ? undefined : numberOption(value, name, Number.NaN);
+  };
+  const progress = new Progress({ label: 'shard', unit: 'pairs' });
+  const summary = await withStore(values.db, async (store) => {
+    try {
+      return await writeModelShards(store, {
+        out: values.out, model: values.model, device, dtype, refLogps: values['ref-logps'], splitBy,
+        alpha: optional('alpha'), scale: optional('scale'), pairsPerShard: optional('pairs-per-shard'),
+        evalFraction: optional('eval-fraction'), seed: optional('seed'), batchSize: optional('batch-size'),
+        onPhase: (phase, total) => {
+          progress.setTotal(total);
+          progress.at(0, phase);
+        },
+        onProgress: (done) => progress.at(done),
+      });
+    } catch (error) {
+      if (error instanceof ShardInputError || error instanceof VlmModelError) throw new UsageError(error.message);
+      throw error;
+    }
+  });
+  const { counts } = summary;
+  progress.done(`${counts.train} train + ${counts.eval} eval pairs for ${summary.model} in ${summary.files} Parquet files → ` +
+    `${summary.out}; ${counts.dropped} dropped, ${counts.images} images, reference log-probs ` +
+    `${summary.referenceModel ? 'stored' : 'not stored (--ref-logps)'}, in ${progress.seconds.toFixed(1)} s`);
+  process.stdout.write(`${JSON.stringify(summary)}\n`);
+  return 0;
+}
