@@ -468,7 +468,7 @@ async function prepareChunk(store: Store, vlm: VisionLanguageScorer, chunk: Pend
       continue;
     }
     const sentences = await store.all<Span & { idx: number }>(
-      'SELECT idx, start, "end" AS end FROM sentences WHERE pair_id = $1 AND side = $2 ORDER BY idx', [response.pair_id, response.side]);
+      'SELECT idx, char_start AS start, char_end AS end FROM sentences WHERE pair_id = $1 AND side = $2 ORDER BY idx', [response.pair_id, response.side]);
     const encoded = vlm.encodeResponse(prompt, response.response, sentences);
     const ids = [...prompt.ids, ...encoded.ids, ...prompt.endIds];
     if (ids.length > vlm.maxLength) {

@@ -164,7 +164,7 @@ export async function writeModelShards(store: Store, options: ModelShardOptions)
       let fits = true;
       for (const name of ['chosen', 'rejected'] as const) {
         const sentences = await store.all<Span & { idx: number }>(
-          'SELECT idx, start, "end" AS end FROM sentences WHERE pair_id = $1 AND side = $2 ORDER BY idx', [pair.pair_id, name]);
+          'SELECT idx, char_start AS start, char_end AS end FROM sentences WHERE pair_id = $1 AND side = $2 ORDER BY idx', [pair.pair_id, name]);
         const response = vlm.encodeResponse(prompt, pair[name], sentences);
         const length = prompt.ids.length + response.ids.length + prompt.endIds.length;
         if (fits && length > vlm.maxLength) {
