@@ -44,7 +44,7 @@ export interface VlmDims {
 }
 
 export const TINY_DIMS: VlmDims = {
-  hidden: 8, heads: 2, kvHeads: 1, headDim: 4, layers: 2, mlp: 12, positions: 96, imageSize: 8, patch: 4, visionHidden: 6,
+  hidden: 8, heads: 4, kvHeads: 2, headDim: 2, layers: 2, mlp: 12, positions: 96, imageSize: 8, patch: 4, visionHidden: 6,
 };
 
 /** Row-major float64 weights of a tiny model (the ONNX files hold them as float32; the reference uses the float32 values). */
@@ -244,7 +244,7 @@ function decoderGraph(w: VlmWeights) {
     f32('zero_f', [], Float32Array.of(0)), f32('neg_f', [], Float32Array.of(-1e9)),
     f32('scale', [], Float32Array.of(1 / Math.sqrt(headDim))),
     i64('q_shape', [0, 0, heads, headDim]), i64('kv_shape', [0, 0, kvHeads, headDim]), i64('merge_shape', [0, 0, heads * headDim]),
-    i64('group', [1, heads / kvHeads, 1, 1]),
+    i64('group', [1, 1, heads / kvHeads, 1, 1]), i64('heads_shape', [0, heads, -1, headDim]),
   ];
   const op = (opName: string, inputs: string[], output: string, attributes?: OnnxNode['attributes']) => {
     nodes.push({ op: opName, inputs, outputs: [output], attributes });
@@ -282,8 +282,14 @@ function decoderGraph(w: VlmWeights) {
     const v = heads4(`v${l}`, `v${l}`, 'kv_shape');
     const keys = op('Concat', [`past_key_values.${l}.key`, k], `present.${l}.key`, { axis: 2 });
     const values = op('Concat', [`past_key_values.${l}.value`, v], `present.${l}.value`, { axis: 2 });
-    const keysAll = op('Expand', [keys, 'group'], `keys_all${l}`);
-    const valuesAll = op('Expand', [values, 'group'], `values_all${l}`);
+    // Grouped heads: key/value head g serves query heads g·G … g·G + G − 1 (repeat_interleave).
+    const repeat = (name: string, input: string) => {
+      op('Unsqueeze', [input], `${name}_5d`, { axes: [2] });
+      op('Expand', [`${name}_5d`, 'group'], `${name}_groups`);
+      return op('Reshape', [`${name}_groups`, 'heads_shape'], name);
+    };
+    const keysAll = repeat(`keys_all${l}`, keys);
+    const valuesAll = repeat(`values_all${l}`, values);
     op('Transpose', [keysAll], `keys_t${l}`, { perm: [0, 1, 3, 2] });
     op('MatMul', [q, `keys_t${l}`], `scores_raw${l}`);
     op('Mul', [`scores_raw${l}`, 'scale'], `scores_scaled${l}`);
@@ -404,6 +410,15 @@ function writeFiles(dir: string, files: Record<string, string | Uint8Array>): vo
   for (const [file, content] of Object.entries(files)) writeFileSync(path.join(dir, file), content);
 }
 
+export interface WriterOptions {
+  dims?: VlmDims;
+  seed?: number;
+  /** Words that get a token of their own (default FIXTURE_WORDS). */
+  words?: string[];
+  /** Rows of the embedding and the LM head, when more than the tokenizer's vocabulary (as many real models have). */
+  vocabSize?: number;
+}
+
 /** config.json's text_config: a LLaMA decoder of these sizes (the library reads the cache layout from it). */
 function llamaTextConfig(dims: VlmDims, vocab: number) {
   return {
@@ -420,12 +435,12 @@ export const LLAVA_CHAT_TEMPLATE = "{% for message in messages %}{% if message['
   "{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}";
 
 /** A LLaVA-1.5-style model. */
-export function writeTinyLlava(dir: string, options: { dims?: VlmDims; seed?: number; words?: string[] } = {}): TinyVlm {
+export function writeTinyLlava(dir: string, options: WriterOptions = {}): TinyVlm {
   const dims = options.dims ?? TINY_DIMS;
   const specials = ['<unk>', '<s>', '</s>', '<image>', '<pad>'];
   const words = ['USER', 'ASSISTANT', ...(options.words ?? FIXTURE_WORDS)].map((word) => `▁${word}`);
   const { json, vocab } = llamaTokenizer({ specials, words });
-  const weights = randomWeights(dims, vocab.length, options.seed ?? 11);
+  const weights = randomWeights(dims, Math.max(vocab.length, options.vocabSize ?? 0), options.seed ?? 11);
   const imageTokenId = vocab.indexOf('<image>');
   const tokensPerCrop = (dims.imageSize / dims.patch) ** 2;
   writeFiles(dir, {
@@ -433,7 +448,7 @@ export function writeTinyLlava(dir: string, options: { dims?: VlmDims; seed?: nu
       model_type: 'llava', architectures: ['LlavaForConditionalGeneration'], image_token_index: imageTokenId,
       vision_feature_select_strategy: 'full', vision_feature_layer: -1, projector_hidden_act: 'gelu',
       pad_token_id: vocab.indexOf('<pad>'),
-      text_config: llamaTextConfig(dims, vocab.length),
+      text_config: llamaTextConfig(dims, weights.vocab),
       vision_config: { model_type: 'clip_vision_model', image_size: dims.imageSize, patch_size: dims.patch, hidden_size: dims.visionHidden },
     }),
     'generation_config.json': JSON.stringify({ bos_token_id: 1, eos_token_id: 2, pad_token_id: vocab.indexOf('<pad>') }),
@@ -469,21 +484,21 @@ export const SMOLVLM_CHAT_TEMPLATE = "<|im_start|>{% for message in messages %}{
   "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}";
 
 /** A SmolVLM-style (Idefics3) model: images wider or taller than `imageSize` are split into crops plus a global view. */
-export function writeTinySmolVlm(dir: string, options: { dims?: VlmDims; seed?: number; words?: string[] } = {}): TinyVlm {
+export function writeTinySmolVlm(dir: string, options: WriterOptions = {}): TinyVlm {
   const dims = options.dims ?? TINY_DIMS;
   const rowCol = [1, 2].flatMap((r) => [1, 2].map((c) => `<row_${r}_col_${c}>`));
   const specials = ['<|endoftext|>', '<|im_start|>', '<|im_end|>', '<fake_token_around_image>', '<image>', '<global-img>',
     '<end_of_utterance>', ...rowCol];
   const words = ['User', 'Assistant', ...(options.words ?? FIXTURE_WORDS).map((word) => `Ġ${word}`)];
   const { json, vocab } = byteLevelTokenizer({ specials, words });
-  const weights = randomWeights(dims, vocab.length, options.seed ?? 12);
+  const weights = randomWeights(dims, Math.max(vocab.length, options.vocabSize ?? 0), options.seed ?? 12);
   const imageTokenId = vocab.indexOf('<image>');
   const tokensPerCrop = (dims.imageSize / dims.patch) ** 2;
   writeFiles(dir, {
     'config.json': JSON.stringify({
       model_type: 'smolvlm', architectures: ['SmolVLMForConditionalGeneration'], image_token_id: imageTokenId, scale_factor: 1,
       pad_token_id: 2,
-      text_config: llamaTextConfig(dims, vocab.length),
+      text_config: llamaTextConfig(dims, weights.vocab),
       vision_config: { model_type: 'smolvlm_vision', image_size: dims.imageSize, patch_size: dims.patch, hidden_size: dims.visionHidden },
     }),
     'generation_config.json': JSON.stringify({ bos_token_id: 1, eos_token_id: [2, 6], pad_token_id: 2 }),
