@@ -77,6 +77,28 @@ async function hallucination(checkpoint: string, data: string, limit: number): P
   }
 }
 
+/** One metric of the final comparison: the reference's value (undefined: not meaningful), the policy's, and which
+ *  direction is better. */
+export interface Comparison {
+  name: string;
+  reference: number | undefined;
+  policy: number | undefined;
+  higherIsBetter: boolean;
+}
+
+/** The comparison table, then a plain sentence naming every metric on which the trained policy is worse. */
+export function comparisonLines(rows: readonly Comparison[]): string[] {
+  const width = Math.max(...rows.map((r) => r.name.length));
+  const lines = [`  ${''.padEnd(width)}  reference   ASPO policy`,
+    ...rows.map((r) => `  ${r.name.padEnd(width)}  ${percent(r.reference).padStart(9)}   ${percent(r.policy).padStart(11)}`)];
+  const worse = rows.filter((r) => r.reference !== undefined && r.policy !== undefined && !Number.isNaN(r.reference) &&
+    !Number.isNaN(r.policy) && (r.higherIsBetter ? r.policy < r.reference : r.policy > r.reference));
+  lines.push('', worse.length
+    ? `The trained policy is worse than its reference on ${worse.map((r) => `${r.name} (${percent(r.policy)} against ${percent(r.reference)})`).join(' and ')}.`
+    : 'The trained policy is at least as good as its reference on every metric above.');
+  return lines;
+}
+
 export const command: Command = {
   usage: `aspo run [--db PATH] [--data DIR] [--reference DIR] [--output DIR] [--eval-images N]
                 [--images N] [--sft-steps N] [--train-steps N]
@@ -161,17 +183,19 @@ The default reference is bundled (trained on the default data with the SFT defau
       const counts = await store.one<Record<string, number>>(`SELECT
         (SELECT count(*) FROM pairs) AS pairs, (SELECT count(*) FROM images) AS images,
         (SELECT count(*) FROM sentences) AS sentences, (SELECT count(*) FROM labels) AS labels,
-        (SELECT count(*) FROM sentence_scores) AS scored_sentences, (SELECT count(*) FROM sentence_rewards) AS sentence_rewards,
+        (SELECT count(*) FROM sentence_scores) AS sentence_scores, (SELECT count(*) FROM sentence_rewards) AS sentence_rewards,
         (SELECT count(*) FROM rejects) AS rejects`);
       process.stdout.write([
         '',
         `Store ${path.resolve(db)}: ${Object.entries(counts ?? {}).map(([k, v]) => `${v} ${k}`).join(', ')}.`,
         `Shards ${shards}; reference ${reference}; trained policy ${policy} (run ${policyRun?.run_id ?? 'n/a'}).`,
         '',
-        '                                   reference   ASPO policy',
-        `  reward accuracy (held-out pairs)  ${percent(await metric('rewards/accuracies', 'first')).padStart(9)}   ${percent(await metric('rewards/accuracies', 'last')).padStart(11)}`,
-        `  sentence accuracy (probes)        ${percent(await metric('sentence_accuracy', 'first')).padStart(9)}   ${percent(await metric('sentence_accuracy', 'last')).padStart(11)}`,
-        `  hallucination rate (${before.images} images)  ${percent(before.hallucinationRate).padStart(9)}   ${percent(after.hallucinationRate).padStart(11)}`,
+        ...comparisonLines([
+          // The reference scored against itself has zero margins: its reward accuracy is not a measurement.
+          { name: 'reward accuracy (held-out pairs)', reference: undefined, policy: await metric('rewards/accuracies', 'last'), higherIsBetter: true },
+          { name: 'sentence accuracy (probes)', reference: await metric('sentence_accuracy', 'first'), policy: await metric('sentence_accuracy', 'last'), higherIsBetter: true },
+          { name: `hallucination rate (${before.images} images)`, reference: before.hallucinationRate, policy: after.hallucinationRate, higherIsBetter: false },
+        ]),
         '',
         'Try:',
         `  npx aspo query "SELECT s.text, round(r.reward, 4) AS reward, l.label FROM sentence_rewards r JOIN sentences s USING (pair_id, side, idx) LEFT JOIN labels l ON l.pair_id = r.pair_id AND l.side = r.side AND l.char_start < s.char_end AND s.char_start < l.char_end WHERE r.side = 'chosen' ORDER BY r.reward LIMIT 5" --db ${db}`,
