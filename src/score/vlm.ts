@@ -149,7 +149,8 @@ export class VisionLanguageScorer {
     const requested = options.device ?? 'auto';
     if (requested === 'cuda' && !onnxRuntimeHasCuda()) {
       throw new VlmModelError('--device cuda: onnxruntime-node here has no CUDA provider (libonnxruntime_providers_cuda.so is not ' +
-        'installed: the repository\'s .npmrc skips its download). See docs/score.md ("On a GPU"), or use --device cpu or auto.');
+        'installed: package.json\'s allowScripts denies the download). Run (cd node_modules/onnxruntime-node && node script/install ' +
+        '--onnxruntime-node-install=cuda12) on a CUDA 12 machine (docs/score.md, "On a GPU"), or use --device cpu or auto.');
     }
     const device = requested === 'auto' ? (onnxRuntimeHasCuda() ? 'cuda' : 'cpu') : requested;
     const [processor, vlm] = await Promise.all([
