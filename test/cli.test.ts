@@ -105,3 +105,20 @@ test('--json: one JSON object on stdout for ingest, segment and export; segment 
   assert.equal(strict.status, 3);
   assert.equal(strict.stdout.trim().split('\n').length, 2, 'every line is still answered');
 });
+
+test('npm pack ships the built library, its docs and README, not tests, benchmarks, CI or bundled model state', () => {
+  const result = spawnSync('npm', ['pack', '--dry-run', '--json', '--ignore-scripts'], { cwd: ROOT, encoding: 'utf8' });
+  assert.equal(result.status, 0, result.stderr);
+  const files = (JSON.parse(result.stdout) as { files: { path: string }[] }[])[0]!.files.map((f) => f.path);
+  for (const needed of ['package.json', 'README.md', 'dist/src/index.js', 'dist/src/index.d.ts', 'dist/src/cli/main.js', 'docs/export.md']) {
+    assert.ok(files.includes(needed), `${needed} is shipped`);
+  }
+  const unwanted = files.filter((f) => /^(dist\/(test|bench)|test|bench|src|\.ci|datasets)\//.test(f));
+  assert.deepEqual(unwanted, []);
+  // The native TensorFlow.js backends are optional peers (README, "GPU"), the ones initBackend tries.
+  const manifest = JSON.parse(readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as Record<string, Record<string, unknown>>;
+  for (const native of ['@tensorflow/tfjs-node', '@tensorflow/tfjs-node-gpu']) {
+    assert.ok(manifest.peerDependencies![native]);
+    assert.deepEqual(manifest.peerDependenciesMeta![native], { optional: true });
+  }
+});
