@@ -95,10 +95,23 @@ export class JobQueue {
         continue;
       }
       if (state !== 'completed' && state !== 'failed') continue;
-      const job = await this.queue.getJob(id);
-      if (!job || !this.outstanding.has(id)) continue; // removed, or settled meanwhile (event and check both saw it)
-      const outcome: JobOutcome<unknown> = state === 'completed' ? { id, result: job.returnvalue }
-        : { id, failed: job.failedReason, attempts: job.attemptsMade };
+      // The result fields only: the job's data (its images) need not travel back.
+      const client = await this.queue.backend.client;
+      const [returnvalue, failedReason, attemptsMade, atm] = await client.hmget(this.queue.toKey(id), 'returnvalue', 'failedReason', 'attemptsMade', 'atm');
+      if (!this.outstanding.has(id)) continue; // settled meanwhile (event and check both saw it)
+      if (returnvalue === null && failedReason === null) {
+        missing.push(id); // the job vanished between the two reads
+        continue;
+      }
+      let outcome: JobOutcome<unknown>;
+      if (state === 'failed') outcome = { id, failed: failedReason ?? 'no reason recorded', attempts: Number(attemptsMade ?? atm ?? 0) };
+      else {
+        try {
+          outcome = { id, result: JSON.parse(returnvalue ?? 'null') };
+        } catch {
+          outcome = { id, failed: 'the worker\'s result is not JSON', attempts: 1 };
+        }
+      }
       this.outstanding.delete(id);
       for (const settle of entry.waiting) settle(outcome);
     }
@@ -135,13 +148,32 @@ export class JobQueue {
   }
 }
 
+/** A queue for a one-off command: ready within `timeoutMs`, or an error naming the (redacted) URL and the cause. */
+async function reachQueue(location: QueueLocation, timeoutMs = 5000): Promise<Queue> {
+  const queue = new Queue(location.name, { connection: connectionOptions(location), prefix: location.prefix, skipMetasUpdate: true });
+  let cause = 'no answer';
+  queue.on('error', (error) => { cause = error.message; });
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`cannot reach Redis at ${location.redacted} within ${timeoutMs / 1000} s (${cause}): is it running, and are the host, port and password right?`)), timeoutMs);
+  });
+  try {
+    await Promise.race([queue.waitUntilReady(), timeout]);
+    return queue;
+  } catch (error) {
+    void queue.close().catch(() => undefined); // stops the reconnection attempts; nothing to wait for
+    throw error;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /** Counts of the queue's jobs by state, its workers, and the reasons of the latest failures: `aspo queue status`. */
 export async function queueStatus(location: QueueLocation): Promise<{
   counts: Record<string, number>; workers: Array<{ name: string; addr: string; age: number }>; failures: Array<{ id: string; reason: string }>;
 }> {
-  const queue = new Queue(location.name, { connection: connectionOptions(location), prefix: location.prefix, skipMetasUpdate: true });
+  const queue = await reachQueue(location);
   try {
-    await queue.waitUntilReady();
     const counts = await queue.getJobCounts('waiting', 'active', 'delayed', 'completed', 'failed', 'prioritized');
     const workers = (await queue.getWorkers()).map((w) => ({ name: String(w.name ?? ''), addr: String(w.addr ?? ''), age: Number(w.age ?? 0) }));
     const failures = (await queue.getFailed(0, 9)).map((job) => ({ id: job.id ?? '', reason: job.failedReason }));
@@ -153,7 +185,7 @@ export async function queueStatus(location: QueueLocation): Promise<{
 
 /** Deletes the queue and all its jobs (`aspo queue clear`): for a run abandoned for good. */
 export async function clearQueue(location: QueueLocation): Promise<void> {
-  const queue = new Queue(location.name, { connection: connectionOptions(location), prefix: location.prefix });
+  const queue = await reachQueue(location);
   try {
     await queue.obliterate({ force: true });
   } finally {
