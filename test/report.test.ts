@@ -138,6 +138,8 @@ test('niceTicks are round and cover the range', () => {
   assert.deepEqual(niceTicks(0, 1), [0, 0.2, 0.4, 0.6, 0.8, 1]);
   assert.deepEqual(niceTicks(0, 37), [0, 10, 20, 30]);
   assert.deepEqual(niceTicks(-0.23, 0.41), [-0.2, 0, 0.2, 0.4]); // range 0.64 / 5 = 0.128 → step 0.2
+  // A running sum from -0.3 in steps of 0.1 reaches 2.78e-17, not 0; every tick here is exact.
+  assert.deepEqual(niceTicks(-0.3, 0.25, 6), [-0.3, -0.2, -0.1, 0, 0.1, 0.2]);
   assert.equal(formatNumber(0.30000000000000004), '0.3');
   assert.equal(formatNumber(1234567), '1 234 567');
   assert.equal(formatNumber(-1000), '-1 000');

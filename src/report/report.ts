@@ -183,7 +183,12 @@ async function distributionsSection(ctx: Context): Promise<Section> {
   }
   const similarity = await column(ctx.store, 'SELECT similarity AS v FROM sentence_scores WHERE similarity IS NOT NULL');
   if (similarity.length) {
-    section.blocks.push(chartBlock('similarity', 'Similarity (S)', 'similarity', similarity, histogram(similarity), ''));
+    // S is a CLIP cosine, or, when the reference model scored it (`grounding:` models), a log-prob gain: say which.
+    const models = await ctx.store.all<{ grounding: boolean }>(
+      "SELECT DISTINCT starts_with(similarity_model, 'grounding:') AS grounding FROM sentence_scores WHERE similarity IS NOT NULL");
+    const title = models.every((m) => m.grounding) ? 'Similarity (S): grounding log-prob gain (no CLIP model ran)'
+      : models.some((m) => m.grounding) ? 'Similarity (S): CLIP cosine and grounding log-prob gain' : 'Similarity (S): CLIP cosine';
+    section.blocks.push(chartBlock('similarity', title, 'similarity', similarity, histogram(similarity), ''));
   } else section.blocks.push(noData('no similarities yet; run aspo score --clip MODEL'));
 
   const ppl = await column(ctx.store, 'SELECT ppl AS v FROM sentence_scores WHERE ppl IS NOT NULL');

@@ -114,9 +114,10 @@ export function niceTicks(min: number, max: number, count = 5): number[] {
   if (max === min) return [min];
   const step = niceStep((max - min) / Math.max(count, 1));
   const ticks: number[] = [];
-  // Small epsilon so that a max landing exactly on a tick is not lost to rounding.
-  for (let t = Math.ceil(min / step - 1e-9) * step; t <= max + step * 1e-9; t += step) {
-    ticks.push(Number(t.toPrecision(12)));
+  // Each tick is k·step (not a running sum, whose rounding put 2.78e-17 where 0 belongs); the small epsilon keeps a
+  // max landing exactly on a tick.
+  for (let k = Math.ceil(min / step - 1e-9); k * step <= max + step * 1e-9; k++) {
+    ticks.push(Number((k * step).toPrecision(12)));
   }
   return ticks;
 }
