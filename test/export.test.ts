@@ -11,7 +11,8 @@ import { ingest } from '../src/ingest/ingest.js';
 import { segmentStage } from '../src/segment/stage.js';
 import { ClipEncoder } from '../src/score/clip.js';
 import { scoreSimilarity } from '../src/score/stage.js';
-import { exportAspoReference, exportTable, exportTrl, readOnlyQuery, shardName } from '../src/export/export.js';
+import { checkReadOnlySql } from '../src/store/read-only-sql.js';
+import { exportAspoReference, exportTable, exportTrl, shardName } from '../src/export/export.js';
 import { sha256Hex } from '../src/util/hash.js';
 import { writeTinyClip } from './clip-fixture.js';
 import { CLI, tempDir } from './support.js';
@@ -383,10 +384,10 @@ test('aspo-reference leaves out a pair with an unscored sentence, which the trai
 test('refuses writing SQL, existing outputs without --force, and folders holding other files', async () => {
   const { db, dir } = await built;
   await readOnly(db, async (store) => {
-    await assert.rejects(readOnlyQuery(store, 'DELETE FROM pairs'), /read-only query \(SELECT …\), got a DELETE statement/);
-    await assert.rejects(readOnlyQuery(store, 'SELECT 1; SELECT 2'), /one query, got 2 statements/);
-    await assert.rejects(readOnlyQuery(store, "COPY pairs TO '/tmp/x.csv'"), /got a COPY statement/);
-    assert.equal(await readOnlyQuery(store, 'FROM pairs;'), 'FROM pairs');
+    await assert.rejects(checkReadOnlySql(store.connection, 'DELETE FROM pairs'), /read-only query \(SELECT …\), got a DELETE statement/);
+    await assert.rejects(checkReadOnlySql(store.connection, 'SELECT 1; SELECT 2'), /one query, got 2 statements/);
+    await assert.rejects(checkReadOnlySql(store.connection, "COPY pairs TO '/tmp/x.csv'"), /got a COPY statement/);
+    assert.equal(await checkReadOnlySql(store.connection, 'FROM pairs;'), 'FROM pairs');
     await assert.rejects(exportTable(store, { table: 'nope' }, { format: 'csv', out: path.join(dir, 'x.csv') }), /no table or view "nope" in the store; there are: .*pairs/);
     await assert.rejects(exportTable(store, { table: 'pairs' }, { format: 'parquet', out: path.join(dir, 'x'), partitionBy: ['colour'] }),
       /--partition-by: no column "colour"/);

@@ -5,13 +5,13 @@
  * Everything streams: DuckDB's COPY writes Parquet, CSV and JSON as the query runs, and Arrow is written one DuckDB
  * chunk at a time, so an export never holds a table in memory. The store is only read.
  */
-import { rmSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { StatementType } from '@duckdb/node-api';
+import { checkReadOnlySql } from '../store/read-only-sql.js';
 import type { Store } from '../store/store.js';
+import { filesUnder, StagedOutput, storeFiles } from '../util/safe-output.js';
 import { writeArrow } from './arrow.js';
-import { ExportError, filesUnder, prepareFile, prepareFolder, quoteIdent, quoteString } from './output.js';
+import { ExportError, quoteIdent, quoteString } from './output.js';
 import {
   ASPO_REFERENCE_SCORES, aspoReferenceLeftOutSql, aspoReferenceSql, imageFileName, TRL_LAYOUTS, trlFeatures, trlShardSql, type AspoReferenceScores, type ShardRange, type TrlLayout,
 } from './layouts.js';
@@ -80,39 +80,8 @@ export interface AspoReferenceOptions extends ExportCommon {
   scores?: AspoReferenceScores;
 }
 
-/**
- * The SQL of a read-only query, checked to be exactly one SELECT (DESCRIBE, SUMMARIZE and FROM-first queries count);
- * a trailing semicolon is dropped.
- */
-export async function readOnlyQuery(store: Store, sql: string): Promise<string> {
-  const text = sql.trim().replace(/;\s*$/, '');
-  if (!text) throw new ExportError('--sql is empty');
-  let statements;
-  try {
-    statements = await store.connection.extractStatements(text);
-  } catch (error) {
-    throw new ExportError(`--sql does not parse: ${(error as Error).message}`);
-  }
-  if (statements.count !== 1) throw new ExportError(`--sql must be one query, got ${statements.count} statements`);
-  let prepared;
-  try {
-    prepared = await statements.prepare(0);
-  } catch (error) {
-    throw new ExportError(`--sql fails: ${(error as Error).message}`);
-  }
-  try {
-    if (prepared.statementType !== StatementType.SELECT) {
-      throw new ExportError(`--sql must be a read-only query (SELECT …), got a ${StatementType[prepared.statementType]} statement`);
-    }
-    if (prepared.parameterCount) throw new ExportError('--sql has parameters ($1, ?); write the values into the query');
-  } finally {
-    prepared.destroySync();
-  }
-  return text;
-}
-
 async function sourceQuery(store: Store, source: ExportSource): Promise<string> {
-  if ('sql' in source) return readOnlyQuery(store, source.sql);
+  if ('sql' in source) return checkReadOnlySql(store.connection, source.sql, '--sql');
   const known = await store.all<{ name: string }>(
     "SELECT table_name AS name FROM information_schema.tables WHERE table_schema = 'main' ORDER BY 1");
   if (!known.some((t) => t.name === source.table)) {
@@ -131,12 +100,20 @@ async function describe(store: Store, sql: string): Promise<{ name: string; type
   }
 }
 
-/** Runs `write`; when it fails, removes the partial output (which the export created, or checked to be its own). */
-async function removingOnFailure<T>(out: string, write: () => Promise<T>): Promise<T> {
+/**
+ * Writes an output through a staging folder (see util/safe-output.ts): `write` gets the path to write, and the output
+ * appears under its name only once complete. It never replaces the store, and replaces an existing output only with
+ * force (a folder only when it holds nothing but `ours`).
+ */
+async function staged<T>(store: Store, options: ExportCommon, kind: 'file' | 'folder', ours: (file: string) => boolean,
+  write: (target: string) => Promise<T>): Promise<T> {
+  const output = await StagedOutput.create(options.out, kind, { force: options.force, inputs: storeFiles(store.path), ours });
   try {
-    return await write();
+    const result = await write(output.path);
+    await output.commit();
+    return result;
   } catch (error) {
-    rmSync(out, { recursive: true, force: true });
+    await output.discard();
     throw error;
   }
 }
@@ -188,10 +165,7 @@ export async function exportTable(store: Store, source: ExportSource, options: T
     }
   }
   return withExportSettings(store, options, async () => {
-    const { out, force = false } = options;
-    if (partitionBy.length) prepareFolder(out, force, isParquet);
-    else prepareFile(out, force);
-    const rows = await removingOnFailure(out, async () => {
+    const rows = await staged(store, options, partitionBy.length ? 'folder' : 'file', isParquet, async (out) => {
       if (partitionBy.length) return copy(store, sql, out, `${PARQUET}, PARTITION_BY (${partitionBy.map(quoteIdent).join(', ')})`);
       if (options.format === 'arrow') return writeArrow(store, sql, out);
       if (options.format === 'parquet') return copy(store, sql, out, PARQUET);
@@ -201,6 +175,7 @@ export async function exportTable(store: Store, source: ExportSource, options: T
       return copy(store, textSql, out, options.format === 'csv' ? 'FORMAT csv, HEADER' : 'FORMAT json');
     });
     // A partitioned export is a folder: its files are the Parquet files DuckDB wrote under it.
+    const out = path.resolve(options.out);
     const files = partitionBy.length ? filesUnder(out).filter(isParquet).map((f) => path.join(out, f)) : [out];
     return { rows, files, seconds: (performance.now() - started) / 1000 };
   });
@@ -234,18 +209,16 @@ export async function exportTrl(store: Store, options: TrlExportOptions): Promis
       `SELECT pair_id FROM (SELECT pair_id, row_number() OVER (ORDER BY pair_id) - 1 AS n FROM pairs)
        WHERE n % ${rowsPerShard} = 0 ORDER BY pair_id`)).map((r) => r.pair_id);
     const count = Math.max(boundaries.length, 1);
-    prepareFolder(options.out, options.force ?? false, (f) => /^train-\d{5}-of-\d{5}\.parquet$/.test(f));
     const features = trlFeatures(layout, options.policy !== undefined);
     const metadata = `KV_METADATA {huggingface: ${quoteString(JSON.stringify({ info: { features } }))}, ` +
       `aspo: ${quoteString(JSON.stringify({ layout, alpha: options.alpha ?? null, scale: options.scale ?? null, policy: options.policy ?? null }))}}`;
     const files: string[] = [];
     let rows = 0;
-    await removingOnFailure(options.out, async () => {
+    await staged(store, options, 'folder', (f) => /^train-\d{5}-of-\d{5}\.parquet$/.test(f), async (out) => {
       for (let k = 0; k < count; k++) {
         const range: ShardRange = { from: boundaries[k], to: boundaries[k + 1] };
-        const file = path.join(options.out, shardName(k, count));
-        rows += await copy(store, trlShardSql(range, { ...options, layout }), file, `${PARQUET}, ${metadata}`);
-        files.push(file);
+        rows += await copy(store, trlShardSql(range, { ...options, layout }), path.join(out, shardName(k, count)), `${PARQUET}, ${metadata}`);
+        files.push(path.resolve(options.out, shardName(k, count)));
       }
     });
     return { rows, files, seconds: (performance.now() - started) / 1000 };
@@ -274,13 +247,12 @@ export async function exportAspoReference(store: Store, options: AspoReferenceOp
     throw new ExportError(`--scores must be one of ${ASPO_REFERENCE_SCORES.join(', ')}, got "${scores}"`);
   }
   return withExportSettings(store, options, async () => {
-    prepareFolder(options.out, options.force ?? false, (f) => f === 'pairs.json' || /^images\/[^/]+$/.test(f));
-    const json = path.join(options.out, 'pairs.json');
     const sql = aspoReferenceSql(scores);
-    const { rows, images } = await removingOnFailure(options.out, async () => ({
-      rows: await copy(store, sql, json, 'FORMAT json, ARRAY true'),
-      images: await writeImages(store, path.join(options.out, 'images'), `SELECT id FROM (${sql}\n)`),
+    const { rows, images } = await staged(store, options, 'folder', (f) => f === 'pairs.json' || /^images\/[^/]+$/.test(f), async (out) => ({
+      rows: await copy(store, sql, path.join(out, 'pairs.json'), 'FORMAT json, ARRAY true'),
+      images: (await writeImages(store, path.join(out, 'images'), `SELECT id FROM (${sql}\n)`)).map((name) => path.resolve(options.out, 'images', name)),
     }));
+    const json = path.resolve(options.out, 'pairs.json');
     const counts = (await store.one<{ text_only: number; no_sentences: number; unscored: number }>(aspoReferenceLeftOutSql()))!;
     const leftOut = { textOnly: Number(counts.text_only), noSentences: Number(counts.no_sentences), unscored: Number(counts.unscored) };
     return { rows, files: [json, ...images], leftOut, seconds: (performance.now() - started) / 1000 };
@@ -288,7 +260,7 @@ export async function exportAspoReference(store: Store, options: AspoReferenceOp
 }
 
 /** The image of each exported pair (`pairIds`: a query of pair ids) once, IMAGE_BATCH images per query, so that only
- *  a few images' bytes are in memory at a time. */
+ *  a few images' bytes are in memory at a time. Returns the file names written. */
 async function writeImages(store: Store, dir: string, pairIds: string): Promise<string[]> {
   const ids = (await store.all<{ image_id: string }>(`SELECT DISTINCT p.image_id FROM pairs p
     WHERE p.image_id IS NOT NULL AND p.pair_id IN (${pairIds}\n) ORDER BY 1`)).map((r) => r.image_id);
@@ -299,9 +271,8 @@ async function writeImages(store: Store, dir: string, pairIds: string): Promise<
     const rows = await store.all<{ name: string; bytes: Uint8Array }>(
       `SELECT ${imageFileName('i')} AS name, i.bytes FROM images i WHERE i.image_id IN (${batch.map(quoteString).join(', ')})`);
     for (const row of rows) {
-      const file = path.join(dir, row.name);
-      await writeFile(file, row.bytes);
-      written.push(file);
+      await writeFile(path.join(dir, row.name), row.bytes);
+      written.push(row.name);
     }
   }
   return written;

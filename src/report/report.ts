@@ -3,10 +3,11 @@
  * self-contained HTML file (and, optionally, each chart as a PNG). The SQL and I/O live here; the maths is in
  * stats.ts, the SVG in charts.ts and the page in html.ts.
  */
-import { mkdir, writeFile } from 'node:fs/promises';
+import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import sharp from 'sharp';
 import type { Store } from '../store/store.js';
+import { StagedOutput, type OutputOptions } from '../util/safe-output.js';
 import { histogramSvg, lineChartSvg, rocSvg } from './charts.js';
 import { renderPage, type Block, type Cell, type Chart, type Page, type Section } from './html.js';
 import { auroc, histogram, quantiles, rocCurve, thinCurve, type Histogram } from './stats.js';
@@ -87,20 +88,30 @@ export async function buildReport(store: Store, options: ReportOptions = {}): Pr
   return { html: renderPage(page), charts, sections: sections.map((s) => s.id), empty };
 }
 
-/** Writes the HTML file, and each chart as `<dir>/<chart id>.png` when `pngDir` is given; returns the PNG paths. */
-export async function writeReport(report: Report, out: string, pngDir?: string): Promise<string[]> {
-  await mkdir(path.dirname(path.resolve(out)), { recursive: true });
-  await writeFile(out, report.html);
-  if (!pngDir) return [];
-  await mkdir(pngDir, { recursive: true });
-  const files: string[] = [];
-  for (const chart of report.charts) {
-    const file = path.join(pngDir, `${chart.id}.png`);
-    // density 144: twice the SVG's nominal 72 dpi, for crisp text.
-    await sharp(Buffer.from(chart.svg), { density: 144 }).png().toFile(file);
-    files.push(file);
+/**
+ * Writes the HTML file, and each chart as `<dir>/<chart id>.png` when `pngDir` is given; returns the PNG paths. Each
+ * output appears only complete, replaces an existing one only with `force`, and never replaces an input (the store).
+ */
+export async function writeReport(report: Report, out: string, pngDir?: string,
+  safety: Pick<OutputOptions, 'force' | 'inputs'> = {}): Promise<string[]> {
+  const page = await StagedOutput.create(out, 'file', safety);
+  const charts = pngDir ? await StagedOutput.create(pngDir, 'folder', { ...safety, flag: '--png', ours: (f) => /^[\w-]+\.png$/.test(f) }) : undefined;
+  try {
+    await writeFile(page.path, report.html);
+    const files: string[] = [];
+    for (const chart of charts ? report.charts : []) {
+      // density 144: twice the SVG's nominal 72 dpi, for crisp text.
+      await sharp(Buffer.from(chart.svg), { density: 144 }).png().toFile(path.join(charts!.path, `${chart.id}.png`));
+      files.push(path.resolve(pngDir!, `${chart.id}.png`));
+    }
+    await charts?.commit();
+    await page.commit();
+    return files;
+  } catch (error) {
+    await page.discard();
+    await charts?.discard();
+    throw error;
   }
-  return files;
 }
 
 interface Context {

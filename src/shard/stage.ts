@@ -18,6 +18,7 @@ import { tf } from '../train/backend.js';
 import { deriveSeed, Rng } from '../util/random.js';
 import { imagesFileName, SHARD_SET_FILE, shardFileName, type ShardFormat } from './columns.js';
 import { MANIFEST_FILE, readManifest, SHARD_FORMAT_ID, verifyShardSet } from './read.js';
+import { checkNotInput, LOCK_FILE, lockFolder, OutputError, storeFiles } from '../util/safe-output.js';
 import { ShardWriter, writeManifest } from './write.js';
 import type { ShardFile, ShardManifest, ShardPair, ShardSplit } from './types.js';
 
@@ -228,6 +229,7 @@ export async function writeShards(store: Store, options: ShardOptions): Promise<
   const similarityModel = await chooseSimilarityModel(store, options.similarityModel);
 
   const models = await loadModels(resolvedPaths.tokenizer, resolvedPaths.ref);
+  let release: (() => void) | undefined;
   try {
     const limit = Math.min(...models.contexts);
     const maxLength = options.maxLength ?? limit;
@@ -246,6 +248,12 @@ export async function writeShards(store: Store, options: ShardOptions): Promise<
       tokenizer: models.tokenizerId, referenceModel: models.ref?.modelId ?? null, similarityModel, options: resolved,
     });
     const out = path.resolve(options.out);
+    // Never into the store, the tokenizer or reference checkpoint, or a folder holding anything but a shard set; and
+    // one writer at a time.
+    checkNotInput(out, [...storeFiles(store.path), resolvedPaths.tokenizer, ...(resolvedPaths.ref ? [resolvedPaths.ref] : [])]);
+    await fs.mkdir(out, { recursive: true });
+    release = lockFolder(out, 'aspo shard');
+    await checkShardFolder(out);
     const summaryOf = (manifest: ShardManifest, unchanged: boolean): ShardSummary => ({
       out, unchanged, counts: manifest.counts, files: manifest.shards.length + (manifest.images ? 1 : 0),
       tokenizer: manifest.tokenizer, referenceModel: manifest.referenceModel, similarityModel: manifest.similarityModel,
@@ -279,7 +287,6 @@ export async function writeShards(store: Store, options: ShardOptions): Promise<
     const split = splitByGroup(pairs, groupOf, evalFraction, seed);
 
     options.onPhase?.('write', pairs.length);
-    await fs.mkdir(out, { recursive: true });
     await fs.rm(path.join(out, MANIFEST_FILE), { force: true }); // the old manifest must not describe half-replaced files
     const shards: ShardFile[] = [];
     let images: ShardFile | null = null;
@@ -326,6 +333,7 @@ export async function writeShards(store: Store, options: ShardOptions): Promise<
     await writeManifest(out, manifest);
     return summaryOf(manifest, false);
   } finally {
+    release?.();
     models.dispose();
   }
 }
@@ -501,6 +509,34 @@ export function responseTokenLogProbs(model: VisionLanguageModel, images: Array<
     return responseIds.map((ids, i) => Array.from(values.subarray(i * width, i * width + ids.length + 1)));
   } finally {
     imageTensor?.dispose();
+  }
+}
+
+/** A temporary file of a shard set's writer: `.<name>.aspo-partial-<pid>` (or `.<name>.<pid>.tmp`, as older runs named them). */
+const PARTIAL_FILE = /^\.(.+)\.(?:aspo-partial-(\d+)|(\d+)\.tmp)$/;
+
+/**
+ * Refuses a folder that holds anything a shard set does not (a checkpoint, a dataset, a store), and removes the
+ * temporary files of killed runs, so none is left after a kill and a re-run.
+ */
+async function checkShardFolder(out: string): Promise<void> {
+  for (const name of await fs.readdir(out)) {
+    if (SHARD_SET_FILE.test(name) || name === LOCK_FILE) continue;
+    if (name === MANIFEST_FILE) {
+      try {
+        await readManifest(out);
+        continue;
+      } catch {
+        // not a shard set's manifest: refused below
+      }
+    }
+    const partial = PARTIAL_FILE.exec(name);
+    if (partial && Number(partial[2] ?? partial[3]) !== process.pid) {
+      await fs.rm(path.join(out, name), { force: true });
+      continue;
+    }
+    throw new OutputError(`refusing to write a shard set into ${out}: it holds ${name}, which is not part of a shard set ` +
+      '(is it a checkpoint or a dataset folder?); choose another --out');
   }
 }
 

@@ -1,7 +1,7 @@
 /**
  * Writing a shard set's files: shards of pairs and the images file as Arrow IPC (file format) or Parquet (through
- * DuckDB COPY), and the manifest. Every file is written under a temporary name and renamed into place, so a reader
- * never sees half a file; the manifest goes last, so it only ever names complete files.
+ * DuckDB COPY), and the manifest. Every file is written under a temporary name, fsynced and renamed into place, so a
+ * reader never sees half a file; the manifest goes last, so it only ever names complete files.
  */
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
@@ -11,6 +11,7 @@ import {
   Binary, Bool, Field, Float32, Float64, Int32, List, Table, Utf8, tableToIPC, vectorFromArray, type DataType,
 } from 'apache-arrow';
 import { sha256Hex } from '../util/hash.js';
+import { commitFile, writeFileAtomic } from '../util/safe-output.js';
 import { IMAGE_COLUMNS, PAIR_COLUMNS, type ColumnSpec, type ColumnType, type ShardFormat } from './columns.js';
 import type { ShardManifest, ShardPair } from './types.js';
 
@@ -65,14 +66,14 @@ export class ShardWriter {
   async writeRows(file: string, columns: readonly ColumnSpec[], rows: readonly Row[]): Promise<string> {
     if (!this.duckdb) {
       const bytes = tableToIPC(arrowTable(columns, rows), 'file');
-      await writeAtomically(file, bytes);
+      await writeFileAtomic(file, bytes);
       return sha256Hex(bytes);
     }
     const temporary = temporaryName(file);
     try {
       await writeParquet(this.duckdb, temporary, columns, rows);
       const digest = sha256Hex(await fs.readFile(temporary));
-      await fs.rename(temporary, file);
+      await commitFile(temporary, file);
       return digest;
     } catch (error) {
       await fs.rm(temporary, { force: true });
@@ -104,7 +105,8 @@ export async function writeImagesFile(file: string, images: ReadonlyArray<{ imag
 
 /** Writes manifest.json atomically (temporary file, then rename). */
 export async function writeManifest(dir: string, manifest: ShardManifest | object): Promise<void> {
-  await writeAtomically(path.join(dir, 'manifest.json'), `${JSON.stringify(manifest, null, 2)}\n`);
+  await writeFileAtomic(path.join(dir, 'manifest.json'), `${JSON.stringify(manifest, null, 2)}
+`);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -173,16 +175,5 @@ export function sqlString(text: string): string {
 // ---------------------------------------------------------------------------------------------------------------
 
 function temporaryName(file: string): string {
-  return path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.tmp`);
-}
-
-async function writeAtomically(file: string, data: Uint8Array | string): Promise<void> {
-  const temporary = temporaryName(file);
-  try {
-    await fs.writeFile(temporary, data);
-    await fs.rename(temporary, file);
-  } catch (error) {
-    await fs.rm(temporary, { force: true });
-    throw error;
-  }
+  return path.join(path.dirname(file), `.${path.basename(file)}.aspo-partial-${process.pid}`);
 }

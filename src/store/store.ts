@@ -20,6 +20,12 @@ const APPEND: Record<ColumnKind, (appender: DuckDBAppender, value: unknown) => v
 export interface OpenOptions {
   /** Open without write access; migrations are not applied. */
   readOnly?: boolean;
+  /**
+   * Confine DuckDB to the store itself: no other file is read or written (but those under `allowedDirectories`), no
+   * database attached, no extension installed or loaded; with `lockSettings`, no setting can change afterwards. For
+   * SQL that comes from the user (`aspo query`, `aspo export --sql`). It lasts as long as the store is open.
+   */
+  confine?: { allowedDirectories?: string[]; lockSettings?: boolean };
 }
 
 /**
@@ -37,13 +43,23 @@ export class Store {
     checkStoreFile(path);
     let instance: DuckDBInstance;
     try {
-      instance = await DuckDBInstance.create(path, options.readOnly ? { access_mode: 'READ_ONLY' } : {});
+      instance = await DuckDBInstance.create(path, {
+        ...(options.readOnly ? { access_mode: 'READ_ONLY' } : {}),
+        ...(options.confine ? { autoinstall_known_extensions: 'false', autoload_known_extensions: 'false' } : {}),
+      });
     } catch (error) {
-      throw new Error(`cannot open store ${path}: ${(error as Error).message}` +
+      const message = (error as Error).message;
+      const holder = /Conflicting lock is held in .*\(PID (\d+)\)/.exec(message)?.[1];
+      if (holder) {
+        throw new Error(`store ${path} is in use by another process (PID ${holder}), which is writing to it; one writer at a time: ` +
+          'wait for it to finish, then run this again');
+      }
+      throw new Error(`cannot open store ${path}: ${message}` +
         (options.readOnly ? ' (run `aspo ingest` first to create it, or pass --db PATH)' : ''));
     }
     const store = new Store(path, instance, await instance.connect());
     if (!options.readOnly) await migrate(store);
+    if (options.confine) await confine(store, options.confine);
     return store;
   }
 
@@ -145,6 +161,15 @@ export function checkStoreFile(path: string): void {
     throw new Error(`--db ${path} is not a DuckDB database (is it a dataset file?); it was left untouched. ` +
       'Give the store a path of its own, e.g. --db aspo.duckdb');
   }
+}
+
+async function confine(store: Store, { allowedDirectories = [], lockSettings = false }: NonNullable<OpenOptions['confine']>): Promise<void> {
+  const quote = (text: string) => `'${text.replaceAll("'", "''")}'`;
+  const directories = allowedDirectories.map((dir) => (dir.endsWith('/') ? dir : `${dir}/`));
+  if (directories.length) await store.run(`SET allowed_directories = [${directories.map(quote).join(', ')}]`);
+  // Once off, DuckDB's external access cannot be turned back on while the database is open.
+  await store.run('SET enable_external_access = false');
+  if (lockSettings) await store.run('SET lock_configuration = true');
 }
 
 /** Opens a store, runs `work`, and always closes it. */

@@ -175,6 +175,14 @@ export async function loadCheckpoint(dir: string): Promise<CheckpointContents> {
   };
   const weightValues = fromLittleEndian(files['weights.bin']!);
   const contents: CheckpointContents = { config, tokenizer, weights: unpack(weightValues, 0) };
+  // A diverged run can save NaN or infinite weights; scoring with them would give NaN for every sentence.
+  for (const [name, values] of Object.entries(contents.weights)) {
+    for (let i = 0; i < values.length; i++) {
+      if (!Number.isFinite(values[i]!)) {
+        fail(`weight ${name}[${i}] is ${values[i]} (weights.bin): the model would compute NaN; use a checkpoint saved before training diverged`);
+      }
+    }
+  }
   if (files['trainer.json']) {
     const trainer = JSON.parse(files['trainer.json'].toString('utf8')) as Record<string, unknown>;
     if (files['optimizer.bin']) {

@@ -159,5 +159,18 @@ export function evaluateLossCase(lossCase: LossCase): LossCaseEvaluation {
     outsideContribution: contribution(slots),
     rejectedContribution: -values.rejectedRewards[0]!,
   };
+  checkFinite(evaluation.result);
   return evaluation;
+}
+
+/** Refuses a result that overflowed float64 (JSON would print it as null): names the first field that did. */
+function checkFinite(result: LossCaseEvaluation['result']): void {
+  for (const [field, value] of Object.entries(result)) {
+    const values = Array.isArray(value) ? value : [value];
+    const bad = values.findIndex((v) => typeof v === 'number' && !Number.isFinite(v));
+    if (bad !== -1) {
+      throw new Error(`${field}${Array.isArray(value) ? `[${bad}]` : ''} is ${values[bad]}: the inputs overflow float64 arithmetic ` +
+        '(log-probs are ≤ 0 and in practice within a few hundred of 0; values near ±1e308 cannot be summed)');
+    }
+  }
 }

@@ -3,6 +3,7 @@ import {
   DEFAULT_EXPORT_MEMORY, DEFAULT_ROWS_PER_SHARD, exportAspoReference, exportTable, exportTrl, TABLE_FORMATS,
   type ExportSummary, type TableFormat,
 } from '../../export/export.js';
+import { stagingFolder } from '../../util/safe-output.js';
 import { ASPO_REFERENCE_SCORES, TRL_LAYOUTS, type AspoReferenceScores, type TrlLayout } from '../../export/layouts.js';
 import { DB_OPTION, JSON_OPTION, numberOption, parse, printJson, UsageError, type Command } from '../command.js';
 
@@ -76,7 +77,8 @@ export const command: Command = {
       const source = values.table !== undefined ? { table: values.table } : { sql: values.sql! };
       const partitionBy = values['partition-by']?.split(',').map((c) => c.trim()).filter(Boolean);
       return exportTable(store, source, { ...common, format: format as TableFormat, partitionBy });
-    }, { readOnly: true });
+      // DuckDB may write only into the output's staging folder, and read no file but the store.
+    }, { readOnly: true, confine: { allowedDirectories: [stagingFolder(values.out)] } });
     const left = summary.leftOut;
     const reasons = left ? [
       left.textOnly ? `${left.textOnly} text-only` : '',

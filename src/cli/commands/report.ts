@@ -2,17 +2,19 @@ import { statSync } from 'node:fs';
 import path from 'node:path';
 import { withStore } from '../../store/store.js';
 import { buildReport, checkReportOptions, REPORT_DEFAULTS, writeReport } from '../../report/report.js';
+import { storeFiles } from '../../util/safe-output.js';
 import { DB_OPTION, numberOption, parse, UsageError, type Command } from '../command.js';
 
 export const command: Command = {
-  usage: 'aspo report [--db PATH] --out report.html [--png DIR] [--alpha X] [--scale X] [--top N] [--thumbnail PX]\n\n' +
+  usage: 'aspo report [--db PATH] --out report.html [--png DIR] [--alpha X] [--scale X] [--top N] [--thumbnail PX] [--force]\n\n' +
     '  Writes one self-contained HTML file (inline CSS and SVG charts, images as data: URIs; viewing it needs no\n' +
     '  network): dataset counts and rejects by reason, sentences per response, distributions of similarity,\n' +
     '  perplexity and weight, weight against labels (ROC curve and AUROC), training curves per run, and the\n' +
     '  lowest-weighted and most-penalised sentences with their images. Sections without data say what to run.\n' +
     '  --png DIR: also write each chart as DIR/<chart>.png. --alpha, --scale: the weight parameters\n' +
     `  (default ${REPORT_DEFAULTS.alpha} and ${REPORT_DEFAULTS.scale}). --top: rows in the sentence tables (default ${REPORT_DEFAULTS.top}).\n` +
-    `  --thumbnail: thumbnail size in pixels (default ${REPORT_DEFAULTS.thumbnail}). The store is opened read-only.`,
+    `  --thumbnail: thumbnail size in pixels (default ${REPORT_DEFAULTS.thumbnail}). The store is opened read-only.\n` +
+    '  An existing --out file or --png folder is replaced only with --force (never the store).',
   async run(argv) {
     const { values } = parse(argv, {
       ...DB_OPTION,
@@ -22,6 +24,7 @@ export const command: Command = {
       scale: { type: 'string' },
       top: { type: 'string' },
       thumbnail: { type: 'string' },
+      force: { type: 'boolean', default: false },
     });
     if (!values.out) throw new UsageError('--out FILE is required (the HTML report to write)');
     let checked;
@@ -41,7 +44,7 @@ export const command: Command = {
     const started = performance.now();
     const report = await withStore(values.db, (store) =>
       buildReport(store, { ...checked, subtitle: path.resolve(values.db) }), { readOnly: true });
-    const pngs = await writeReport(report, values.out, values.png);
+    const pngs = await writeReport(report, values.out, values.png, { force: values.force, inputs: storeFiles(values.db) });
     const kb = statSync(values.out).size / 1024;
     process.stderr.write(`report: ${report.sections.length} sections (${report.empty.length} without data` +
       `${report.empty.length ? `: ${report.empty.join(', ')}` : ''}), ${report.charts.length} charts → ` +
