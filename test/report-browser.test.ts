@@ -50,7 +50,7 @@ test('the report in headless chromium: no console errors, every chart drawn, scr
   const file = path.join(outDir, 'report.html');
   const db = await reportStore();
   const report = await withStore(db, (store) => buildReport(store), { readOnly: true });
-  await writeReport(report, file);
+  await writeReport(report, file, undefined, { force: true }); // the previous run's screenshot page is replaced
 
   const browser = await chromium.launch({ executablePath: found.path, args: ['--no-sandbox'] });
   try {
