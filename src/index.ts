@@ -8,7 +8,7 @@ export { decodeImage, resolveInside, ImageError, type StoredImage } from './inge
 export { FILE_FORMATS, detectFileFormat, type FileFormat } from './ingest/readers.js';
 export { segment, type Sentence } from './segment/segment.js';
 export { alignTokens, sentenceTokenSpans, encodeWithSentences, hfOffsetTokenizer, loadHfOffsetTokenizer, type OffsetTokenizer, type SentenceEncoding } from './segment/align.js';
-export { diffSentences, sentenceKey, loadDiceSimilarity, type SentenceDiff, type SentenceMatch, type Similarity } from './segment/diff.js';
+export { diffSentences, sentenceKey, diceSimilarity, type SentenceDiff, type SentenceMatch, type Similarity } from './segment/diff.js';
 export { segmentLine, segmentJsonLines, type SegmentedLine } from './segment/jsonl.js';
 export { segmentStage, pairSentenceRows, type SegmentStageOptions, type SegmentStageResult, type SentenceRow } from './segment/stage.js';
 export { synthesize, loadScenes, resolveSynthOptions, SYNTH_DEFAULTS, SYNTH_VERSION, type SynthOptions, type SynthSummary, type SceneRecord } from './synth/synthesize.js';

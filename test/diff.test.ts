@@ -1,14 +1,40 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { diffSentences, loadDiceSimilarity, sentenceKey, type Similarity } from '../src/segment/diff.js';
+import { spawnSync } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { diceSimilarity, diffSentences, sentenceKey, type Similarity } from '../src/segment/diff.js';
+import { ROOT, tempDir } from './support.js';
 
-test("natural's Dice coefficient, checked by hand on character bigrams", async () => {
-  const dice = await loadDiceSimilarity();
+test('the Dice coefficient, checked by hand on character bigrams', () => {
+  const dice = diceSimilarity;
   // night: ni ig gh ht; nacht: na ac ch ht -> 2 * 1 / (4 + 4)
   assert.equal(dice('night', 'nacht'), 0.25);
   // "the cat." has th he e_ _c ca at t. (7), "the cat" the first 6 of them -> 2 * 6 / 13; case and spacing ignored
   assert.equal(dice('The  cat.', 'the cat'), 12 / 13);
   assert.equal(dice('A dog', 'a dog'), 1);
+  // Distinct bigrams: "aaaa" and "aa" both have the one bigram aa.
+  assert.equal(dice('aaaa', 'aa'), 1);
+  // One character counts as itself and a space: "a" is {a_}, "ab a" is {ab, b_, _a} -> 0; "a " vs "a" -> 1.
+  assert.equal(dice('a', 'ab a'), 0);
+  assert.equal(dice('a', ' A '), 1);
+  // abc: ab bc; abd: ab bd -> 2 * 1 / 4
+  assert.equal(dice('abc', 'abd'), 0.5);
+  assert.equal(dice('', ''), 0);
+  assert.equal(dice('', 'ab'), 0);
+});
+
+test('importing the library and segmenting leave process.env alone, even beside a .env file', () => {
+  const dir = tempDir();
+  writeFileSync(path.join(dir, '.env'), 'ASPO_ENV_PROBE=leaked\nDOTENV_PROBE=leaked\n');
+  const library = path.join(ROOT, 'dist', 'src', 'index.js');
+  const script = `const lib = await import(${JSON.stringify(library)});
+    lib.pairSentenceRows('A red cup. A dog.', 'A blue cup. A dog.', lib.diceSimilarity);
+    console.log(JSON.stringify([process.env.ASPO_ENV_PROBE ?? null, process.env.DOTENV_PROBE ?? null]));`;
+  const run = spawnSync(process.execPath, ['--input-type=module', '-e', script], { cwd: dir, encoding: 'utf8', env: { PATH: process.env.PATH } });
+  assert.equal(run.status, 0, run.stderr);
+  assert.deepEqual(JSON.parse(run.stdout), [null, null]);
+  assert.equal(run.stderr, '');
 });
 
 test('sentence keys ignore case, punctuation and spacing but not words', () => {
@@ -35,8 +61,8 @@ test('one-to-one alignment by descending score, ties broken by position, weak pa
   assert.deepEqual(flat.chosen.map((m) => m.matchIdx), [0, 1]);
 });
 
-test('a hallucinated detail is matched but not shared; a repeated sentence is shared', async () => {
-  const dice = await loadDiceSimilarity();
+test('a hallucinated detail is matched but not shared; a repeated sentence is shared', () => {
+  const dice = diceSimilarity;
   const chosen = ['The image shows a dog on a bench.', 'It is sunny.', 'A red car is parked nearby.'];
   const rejected = ['the image shows a dog on a bench', 'A blue car is parked nearby.', 'Two birds fly overhead.'];
   const diff = diffSentences(chosen, rejected, dice);

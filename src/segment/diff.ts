@@ -93,10 +93,25 @@ interface Candidate {
   distance: number;
 }
 
-/** natural's Dice coefficient over character bigrams (case- and spacing-insensitive), loaded on first use. */
-export async function loadDiceSimilarity(): Promise<Similarity> {
-  // natural pulls in dotenv, which prints a tip to stdout unless told not to; stdout carries machine output.
-  process.env.DOTENV_CONFIG_QUIET ??= 'true';
-  const natural = (await import('natural')).default;
-  return (a, b) => natural.DiceCoefficient(a, b);
+/**
+ * The Dice coefficient of two sentences' character bigrams, 2·|A∩B| / (|A| + |B|) over the sets of distinct bigrams,
+ * after lower-casing, trimming and folding runs of white space to one space; a one-character string counts as that
+ * character and a space. 0 when neither has a bigram. (The same measure as `natural`'s DiceCoefficient, written here
+ * so that the toolkit does not load `natural`, whose import injects a `.env` file into `process.env`.)
+ */
+export function diceSimilarity(a: string, b: string): number {
+  const x = bigrams(a);
+  const y = bigrams(b);
+  if (x.size + y.size === 0) return 0;
+  let shared = 0;
+  for (const bigram of x) if (y.has(bigram)) shared++;
+  return (2 * shared) / (x.size + y.size);
+}
+
+function bigrams(text: string): Set<string> {
+  let clean = text.toLowerCase().replace(/\s+/g, ' ').trim();
+  if (clean.length === 1) clean += ' ';
+  const out = new Set<string>();
+  for (let i = 0; i + 1 < clean.length; i++) out.add(clean.slice(i, i + 2));
+  return out;
 }

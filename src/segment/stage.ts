@@ -1,5 +1,5 @@
 import type { Store } from '../store/store.js';
-import { diffSentences, loadDiceSimilarity, type DiffOptions, type Similarity } from './diff.js';
+import { diceSimilarity, diffSentences, type DiffOptions, type Similarity } from './diff.js';
 import { segment } from './segment.js';
 
 export type Side = 'chosen' | 'rejected';
@@ -59,7 +59,6 @@ const PENDING = `FROM pairs p WHERE NOT EXISTS (SELECT 1 FROM segmented_pairs s 
 export async function segmentStage(store: Store, options: SegmentStageOptions = {}): Promise<SegmentStageResult> {
   const batchSize = options.batchSize ?? 500;
   if (!Number.isInteger(batchSize) || batchSize < 1) throw new Error(`batchSize must be a positive integer, got ${batchSize}`);
-  const similarity = await loadDiceSimilarity();
   const total = Number(await store.scalar(`SELECT count(*) ${PENDING}`));
   const alreadyDone = Number(await store.scalar(
     'SELECT count(*) FROM pairs p WHERE EXISTS (SELECT 1 FROM segmented_pairs s WHERE s.pair_id = p.pair_id)'));
@@ -70,7 +69,7 @@ export async function segmentStage(store: Store, options: SegmentStageOptions = 
     const batch = await store.all<{ pair_id: string; chosen: string; rejected: string }>(
       `SELECT p.pair_id, p.chosen, p.rejected ${PENDING} AND p.pair_id > ? ORDER BY p.pair_id LIMIT ?`, [after, batchSize]);
     if (batch.length === 0) break;
-    const perPair = batch.map((pair) => ({ pairId: pair.pair_id, rows: pairSentenceRows(pair.chosen, pair.rejected, similarity, options) }));
+    const perPair = batch.map((pair) => ({ pairId: pair.pair_id, rows: pairSentenceRows(pair.chosen, pair.rejected, diceSimilarity, options) }));
     await store.transaction(async () => {
       await store.append('sentences', ['varchar', 'varchar', 'integer', 'integer', 'integer', 'varchar', 'integer', 'double', 'boolean'],
         perPair.flatMap(({ pairId, rows }) => rows.map((r) => [pairId, r.side, r.idx, r.start, r.end, r.text, r.matchIdx, r.matchScore, r.shared])));
