@@ -45,9 +45,6 @@ interface Objective {
   run(values: Values): Promise<number>;
 }
 
-const d = DEFAULT_SFT_OPTIONS;
-const p = DEFAULT_PREFERENCE_OPTIONS;
-const L = DEFAULT_LOSS_CONFIG;
 
 /** One entry per training objective: its own options (beyond COMMON_OPTIONS) and how to run it. */
 const OBJECTIVES: Record<string, Objective> = {
@@ -82,34 +79,34 @@ const USAGE = Object.values(OBJECTIVES).map((o) => o.usage).join('\n') + '\n\n' 
   '  --eval FILE        eval.jsonl with "probes" [{"true", "false"}]: held-out loss and sentence accuracy\n' +
   '  --out DIR          checkpoint folder, written atomically at the end and every --save-every steps\n' +
   '  --resume           continue the run saved in --out (weights, optimizer, step and options as saved)\n' +
-  `  --steps N          optimizer steps (default: --epochs ${d.epochs} passes over the data)\n` +
-  `  --batch-size N     rows per step (default ${d.batchSize})\n` +
-  `  --lr X             peak learning rate of AdamW, after --warmup-steps ${d.warmupSteps}, cosine decay (default ${d.lr})\n` +
-  `  --seed N           weights, data order and updates depend only on the seed (default ${d.seed})\n` +
+  `  --steps N          optimizer steps (default: --epochs ${DEFAULT_SFT_OPTIONS.epochs} passes over the data)\n` +
+  `  --batch-size N     rows per step (default ${DEFAULT_SFT_OPTIONS.batchSize})\n` +
+  `  --lr X             peak learning rate of AdamW, after --warmup-steps ${DEFAULT_SFT_OPTIONS.warmupSteps}, cosine decay (default ${DEFAULT_SFT_OPTIONS.lr})\n` +
+  `  --seed N           weights, data order and updates depend only on the seed (default ${DEFAULT_SFT_OPTIONS.seed})\n` +
   `  --backend NAME     auto (default) or one of ${BACKENDS.join(', ')}\n` +
-  `  --width/--layers/--heads/--context/--mlp-ratio   model shape (default ${d.model.width}/${d.model.layers}/` +
-  `${d.model.heads}/${d.model.context}/${d.model.mlpRatio}; context counts ${(d.model.imageSize / d.model.patchSize) ** 2} visual tokens)\n` +
-  `  --stem-channels N  channels of the convolutional image stem; 0 projects raw patches (default ${d.model.stemChannels})\n` +
-  `  --image-heads N    heads per layer that attend to the visual tokens only, at most --heads (default: half of --heads, ${Math.floor(d.model.heads / 2)})\n` +
-  `  --vocab-size N     tokenizer vocabulary cap (default ${d.vocabSize})\n` +
+  `  --width/--layers/--heads/--context/--mlp-ratio   model shape (default ${DEFAULT_SFT_OPTIONS.model.width}/${DEFAULT_SFT_OPTIONS.model.layers}/` +
+  `${DEFAULT_SFT_OPTIONS.model.heads}/${DEFAULT_SFT_OPTIONS.model.context}/${DEFAULT_SFT_OPTIONS.model.mlpRatio}; context counts ${(DEFAULT_SFT_OPTIONS.model.imageSize / DEFAULT_SFT_OPTIONS.model.patchSize) ** 2} visual tokens)\n` +
+  `  --stem-channels N  channels of the convolutional image stem; 0 projects raw patches (default ${DEFAULT_SFT_OPTIONS.model.stemChannels})\n` +
+  `  --image-heads N    heads per layer that attend to the visual tokens only, at most --heads (default: half of --heads, ${Math.floor(DEFAULT_SFT_OPTIONS.model.heads / 2)})\n` +
+  `  --vocab-size N     tokenizer vocabulary cap (default ${DEFAULT_SFT_OPTIONS.vocabSize})\n` +
   '  --workers N|auto   extra threads that compute gradients on shards of each batch (data parallelism; every\n' +
   '                     objective); auto (default): one per spare core on the wasm and cpu backends, none on native TensorFlow\n' +
-  `  --eval-every/--save-every/--log-every N   steps (default ${d.evalEvery}/${d.saveEvery}/${d.logEvery})\n\n` +
+  `  --eval-every/--save-every/--log-every N   steps (default ${DEFAULT_SFT_OPTIONS.evalEvery}/${DEFAULT_SFT_OPTIONS.saveEvery}/${DEFAULT_SFT_OPTIONS.logEvery})\n\n` +
   '  Preference training (dpo, aspo) starts the policy from the --ref checkpoint and trains on the pairs of a shard\n' +
   '  set (`aspo shard`); aspo weights each sentence of the chosen response (sentence-level preference optimization).\n\n' +
   '  --shards DIR       shard set folder; its tokenizer must be the --ref checkpoint\'s (checked)\n' +
   '  --ref DIR          reference checkpoint (e.g. the SFT one); its log-probs come from the shards when they hold\n' +
   '                     them for this model, otherwise from a forward pass of it every step\n' +
-  `  --beta X           DPO temperature (default ${L.beta})\n` +
-  `  --alpha X          aspo: similarity vs perplexity in the sentence weight, in [0, 1] (default ${L.alpha}; 0 needs no similarity)\n` +
-  `  --scale X          aspo: λ in the sentence multiplier 1 + λ·w (default ${L.scale}; 0 gives DPO)\n` +
-  `  --normalize MODE   aspo: ${NORMALIZE_MODES.join(' | ')} (default ${L.normalize})\n` +
-  `  --detach-weights B aspo: true | false, stop the gradient through the sentence weights (default ${L.detachWeights})\n` +
-  `  --ref-weights MODE aspo: ${REF_WEIGHT_MODES.join(' | ')} (default ${L.refWeights})\n` +
-  `  --ppl-source SRC   aspo: ${PPL_SOURCES.join(' | ')} (default ${L.pplSource})\n` +
+  `  --beta X           DPO temperature (default ${DEFAULT_LOSS_CONFIG.beta})\n` +
+  `  --alpha X          aspo: similarity vs perplexity in the sentence weight, in [0, 1] (default ${DEFAULT_LOSS_CONFIG.alpha}; 0 needs no similarity)\n` +
+  `  --scale X          aspo: λ in the sentence multiplier 1 + λ·w (default ${DEFAULT_LOSS_CONFIG.scale}; 0 gives DPO)\n` +
+  `  --normalize MODE   aspo: ${NORMALIZE_MODES.join(' | ')} (default ${DEFAULT_LOSS_CONFIG.normalize})\n` +
+  `  --detach-weights B aspo: true | false, stop the gradient through the sentence weights (default ${DEFAULT_LOSS_CONFIG.detachWeights})\n` +
+  `  --ref-weights MODE aspo: ${REF_WEIGHT_MODES.join(' | ')} (default ${DEFAULT_LOSS_CONFIG.refWeights})\n` +
+  `  --ppl-source SRC   aspo: ${PPL_SOURCES.join(' | ')} (default ${DEFAULT_LOSS_CONFIG.pplSource})\n` +
   '  --probes FILE      eval.jsonl with "probes": held-out sentence accuracy at each evaluation\n' +
-  `  defaults for dpo/aspo: --lr ${p.lr}, --warmup-steps ${p.warmupSteps}, --epochs ${p.epochs}, --batch-size ${p.batchSize} pairs,\n` +
-  `    --weight-decay ${p.weightDecay}, --clip-norm ${p.clipNorm}, --eval-every/--save-every/--log-every ${p.evalEvery}/${p.saveEvery}/${p.logEvery}\n\n` +
+  `  defaults for dpo/aspo: --lr ${DEFAULT_PREFERENCE_OPTIONS.lr}, --warmup-steps ${DEFAULT_PREFERENCE_OPTIONS.warmupSteps}, --epochs ${DEFAULT_PREFERENCE_OPTIONS.epochs}, --batch-size ${DEFAULT_PREFERENCE_OPTIONS.batchSize} pairs,\n` +
+  `    --weight-decay ${DEFAULT_PREFERENCE_OPTIONS.weightDecay}, --clip-norm ${DEFAULT_PREFERENCE_OPTIONS.clipNorm}, --eval-every/--save-every/--log-every ${DEFAULT_PREFERENCE_OPTIONS.evalEvery}/${DEFAULT_PREFERENCE_OPTIONS.saveEvery}/${DEFAULT_PREFERENCE_OPTIONS.logEvery}\n\n` +
   '  Metrics go to the runs and train_metrics tables of --db and to a progress bar on stderr; the summary is\n' +
   '  printed to stdout as one JSON line.';
 
@@ -148,17 +145,17 @@ function positive(values: Values, name: string, fallback: number, allowZero = fa
 
 function sftOptions(values: Values): SftOptions {
   if (!values.data) throw new UsageError('give --data (a dataset folder or an sft.jsonl file)');
-  const heads = integer(values, 'heads', d.model.heads);
+  const heads = integer(values, 'heads', DEFAULT_SFT_OPTIONS.model.heads);
   const model = {
-    ...d.model,
-    width: integer(values, 'width', d.model.width),
-    layers: integer(values, 'layers', d.model.layers),
+    ...DEFAULT_SFT_OPTIONS.model,
+    width: integer(values, 'width', DEFAULT_SFT_OPTIONS.model.width),
+    layers: integer(values, 'layers', DEFAULT_SFT_OPTIONS.model.layers),
     heads,
-    context: integer(values, 'context', d.model.context),
-    mlpRatio: integer(values, 'mlp-ratio', d.model.mlpRatio),
-    patchSize: integer(values, 'patch-size', d.model.patchSize),
-    imageSize: integer(values, 'image-size', d.model.imageSize),
-    stemChannels: integer(values, 'stem-channels', d.model.stemChannels, 0),
+    context: integer(values, 'context', DEFAULT_SFT_OPTIONS.model.context),
+    mlpRatio: integer(values, 'mlp-ratio', DEFAULT_SFT_OPTIONS.model.mlpRatio),
+    patchSize: integer(values, 'patch-size', DEFAULT_SFT_OPTIONS.model.patchSize),
+    imageSize: integer(values, 'image-size', DEFAULT_SFT_OPTIONS.model.imageSize),
+    stemChannels: integer(values, 'stem-channels', DEFAULT_SFT_OPTIONS.model.stemChannels, 0),
     // by default half the heads (2 of the default 4) read the image only; the rest keep the text
     imageHeads: integer(values, 'image-heads', Math.floor(heads / 2), 0),
   };
@@ -167,19 +164,19 @@ function sftOptions(values: Values): SftOptions {
     eval: values.eval as string | undefined,
     out: values.out as string,
     steps: values.steps === undefined ? undefined : integer(values, 'steps', 0),
-    epochs: integer(values, 'epochs', d.epochs),
-    batchSize: integer(values, 'batch-size', d.batchSize),
-    lr: positive(values, 'lr', d.lr),
-    warmupSteps: integer(values, 'warmup-steps', d.warmupSteps, 0),
-    minLrRatio: d.minLrRatio,
-    weightDecay: positive(values, 'weight-decay', d.weightDecay, true),
-    clipNorm: positive(values, 'clip-norm', d.clipNorm, true),
-    seed: integer(values, 'seed', d.seed, 0),
+    epochs: integer(values, 'epochs', DEFAULT_SFT_OPTIONS.epochs),
+    batchSize: integer(values, 'batch-size', DEFAULT_SFT_OPTIONS.batchSize),
+    lr: positive(values, 'lr', DEFAULT_SFT_OPTIONS.lr),
+    warmupSteps: integer(values, 'warmup-steps', DEFAULT_SFT_OPTIONS.warmupSteps, 0),
+    minLrRatio: DEFAULT_SFT_OPTIONS.minLrRatio,
+    weightDecay: positive(values, 'weight-decay', DEFAULT_SFT_OPTIONS.weightDecay, true),
+    clipNorm: positive(values, 'clip-norm', DEFAULT_SFT_OPTIONS.clipNorm, true),
+    seed: integer(values, 'seed', DEFAULT_SFT_OPTIONS.seed, 0),
     model,
-    vocabSize: integer(values, 'vocab-size', d.vocabSize),
-    evalEvery: integer(values, 'eval-every', d.evalEvery, 0),
-    saveEvery: integer(values, 'save-every', d.saveEvery, 0),
-    logEvery: integer(values, 'log-every', d.logEvery),
+    vocabSize: integer(values, 'vocab-size', DEFAULT_SFT_OPTIONS.vocabSize),
+    evalEvery: integer(values, 'eval-every', DEFAULT_SFT_OPTIONS.evalEvery, 0),
+    saveEvery: integer(values, 'save-every', DEFAULT_SFT_OPTIONS.saveEvery, 0),
+    logEvery: integer(values, 'log-every', DEFAULT_SFT_OPTIONS.logEvery),
   };
 }
 
@@ -264,17 +261,17 @@ function preferenceOptions(objective: PreferenceObjective, values: Values): Pref
     probes: values.probes as string | undefined,
     loss: lossFromFlags(values, { lossType: objective }),
     steps: values.steps === undefined ? undefined : integer(values, 'steps', 0),
-    epochs: integer(values, 'epochs', p.epochs),
-    batchSize: integer(values, 'batch-size', p.batchSize),
-    lr: positive(values, 'lr', p.lr),
-    warmupSteps: integer(values, 'warmup-steps', p.warmupSteps, 0),
-    minLrRatio: p.minLrRatio,
-    weightDecay: positive(values, 'weight-decay', p.weightDecay, true),
-    clipNorm: positive(values, 'clip-norm', p.clipNorm, true),
-    seed: integer(values, 'seed', p.seed, 0),
-    evalEvery: integer(values, 'eval-every', p.evalEvery, 0),
-    saveEvery: integer(values, 'save-every', p.saveEvery, 0),
-    logEvery: integer(values, 'log-every', p.logEvery),
+    epochs: integer(values, 'epochs', DEFAULT_PREFERENCE_OPTIONS.epochs),
+    batchSize: integer(values, 'batch-size', DEFAULT_PREFERENCE_OPTIONS.batchSize),
+    lr: positive(values, 'lr', DEFAULT_PREFERENCE_OPTIONS.lr),
+    warmupSteps: integer(values, 'warmup-steps', DEFAULT_PREFERENCE_OPTIONS.warmupSteps, 0),
+    minLrRatio: DEFAULT_PREFERENCE_OPTIONS.minLrRatio,
+    weightDecay: positive(values, 'weight-decay', DEFAULT_PREFERENCE_OPTIONS.weightDecay, true),
+    clipNorm: positive(values, 'clip-norm', DEFAULT_PREFERENCE_OPTIONS.clipNorm, true),
+    seed: integer(values, 'seed', DEFAULT_PREFERENCE_OPTIONS.seed, 0),
+    evalEvery: integer(values, 'eval-every', DEFAULT_PREFERENCE_OPTIONS.evalEvery, 0),
+    saveEvery: integer(values, 'save-every', DEFAULT_PREFERENCE_OPTIONS.saveEvery, 0),
+    logEvery: integer(values, 'log-every', DEFAULT_PREFERENCE_OPTIONS.logEvery),
   };
 }
 
