@@ -26,7 +26,8 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { ingest } from '../src/ingest/ingest.js';
 import { auroc } from '../src/report/stats.js';
-import { loadReferenceModel, scoreReference } from '../src/score/perplexity.js';
+import { scoreReference } from '../src/score/perplexity.js';
+import { loadModel } from '../src/model/checkpoint.js';
 import { segmentStage } from '../src/segment/stage.js';
 import { openShardSet } from '../src/shard/read.js';
 import { writeShards } from '../src/shard/stage.js';
@@ -34,11 +35,11 @@ import { withStore } from '../src/store/store.js';
 import { evaluateGenerations } from '../src/synth/evaluate.js';
 import { ON_POLICY_DEFAULTS, onPolicyPairs } from '../src/synth/on-policy.js';
 import { synthesize } from '../src/synth/synthesize.js';
-import { initBackend } from '../src/train/backend.js';
+import { initBackend } from '../src/model/backend.js';
 import { lossConfig, type AspoLossConfig } from '../src/train/loss.js';
 import { DEFAULT_PREFERENCE_OPTIONS, PreferenceTrainer, runPreference, type PreferenceObjective, type PreferenceOptions } from '../src/train/preference.js';
-import type { VisionLanguageModel } from '../src/train/model.js';
-import type { Tokenizer } from '../src/train/tokenizer.js';
+import type { VisionLanguageModel } from '../src/model/model.js';
+import type { Tokenizer } from '../src/model/tokenizer.js';
 import { DEFAULT_SFT_OPTIONS, readSftData, runSft, SftTrainer, type SftOptions } from '../src/train/sft.js';
 
 export interface Method {
@@ -159,7 +160,7 @@ async function prepareWorld(dir: string, noise: number, config: ExperimentConfig
   await withStore(db, async (store) => {
     await ingest(store, [pairs]);
     await segmentStage(store);
-    const ref = await loadReferenceModel(reference);
+    const ref = await loadModel(reference);
     await scoreReference(store, ref, 'perplexity');
     await scoreReference(store, ref, 'grounding');
     ref.model.dispose();
@@ -209,7 +210,7 @@ export async function runExperiment(config: ExperimentConfig): Promise<Experimen
     const world = await prepareWorld(noiseDir(config, noise), noise, config, reference);
     weightAuroc.push(...world.weightAuroc);
     if (!referenceEval) {
-      const ref = await loadReferenceModel(reference);
+      const ref = await loadModel(reference);
       referenceEval = { ...await evaluateModel(ref.model, ref.tokenizer, world.data), sentenceAccuracy: NaN, rewardAccuracy: NaN };
       ref.model.dispose();
     }

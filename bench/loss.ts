@@ -10,7 +10,7 @@
  */
 import { parseArgs } from 'node:util';
 import os from 'node:os';
-import { initBackend, tf, type BackendName } from '../src/train/backend.js';
+import { initBackend, tf, type BackendName } from '../src/model/backend.js';
 import {
   aspoLoss, lossConfig, lossForward, lossGradients, packPairs, withPolicyTensors,
   type AspoLossConfig, type LossArrays, type PairArrays, type PreferenceBatch,

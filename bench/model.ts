@@ -14,8 +14,8 @@
  */
 import { parseArgs } from 'node:util';
 import os from 'node:os';
-import { initBackend, tf, type BackendName } from '../src/train/backend.js';
-import { DEFAULT_MODEL_CONFIG, VisionLanguageModel } from '../src/train/model.js';
+import { initBackend, tf, type BackendName } from '../src/model/backend.js';
+import { DEFAULT_MODEL_CONFIG, VisionLanguageModel } from '../src/model/model.js';
 import { AdamW } from '../src/train/optimizer.js';
 import { batchGradient, sftLoss, type Batch } from '../src/train/sft.js';
 import { autoWorkers, GradientWorkers } from '../src/train/parallel.js';

@@ -17,13 +17,12 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import sharp from 'sharp';
-import { initBackend, type BackendName } from '../src/train/backend.js';
-import { saveCheckpoint } from '../src/train/checkpoint.js';
+import { initBackend, type BackendName } from '../src/model/backend.js';
+import { saveCheckpoint, loadModel } from '../src/model/checkpoint.js';
 import { lossConfig } from '../src/train/loss.js';
-import { DEFAULT_MODEL_CONFIG, VisionLanguageModel } from '../src/train/model.js';
+import { DEFAULT_MODEL_CONFIG, VisionLanguageModel } from '../src/model/model.js';
 import { DEFAULT_PREFERENCE_OPTIONS, PreferenceTrainer, type PreferenceObjective } from '../src/train/preference.js';
-import { Tokenizer } from '../src/train/tokenizer.js';
-import { loadReferenceModel } from '../src/score/perplexity.js';
+import { Tokenizer } from '../src/model/tokenizer.js';
 import type { ShardManifest, ShardPair, ShardSet } from '../src/shard/types.js';
 import { Rng } from '../src/util/random.js';
 
@@ -49,7 +48,7 @@ const initial = VisionLanguageModel.init(config, 1);
 const refDir = path.join(dir, 'ref');
 await saveCheckpoint(refDir, { config, tokenizer, weights: await initial.values() });
 initial.dispose();
-const ref = await loadReferenceModel(refDir);
+const ref = await loadModel(refDir);
 ref.model.dispose();
 
 const images = new Map<string, Uint8Array>();

@@ -5,7 +5,7 @@ import path from 'node:path';
 import { AutoTokenizer, env } from '@huggingface/transformers';
 import { alignTokens, encodeWithSentences, hfOffsetTokenizer, loadHfOffsetTokenizer, sentenceTokenSpans, type OffsetTokenizer } from '../src/segment/align.js';
 import { segment } from '../src/segment/segment.js';
-import { Tokenizer } from '../src/train/tokenizer.js';
+import { Tokenizer } from '../src/model/tokenizer.js';
 import { tempDir } from './support.js';
 
 test('tokens map to the sentence of their first non-space character (hand-worked example)', () => {

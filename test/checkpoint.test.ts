@@ -3,11 +3,11 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, writeFileSync, mkdirSync, cpSync, rmSync } from 'node:fs';
 import path from 'node:path';
-import { initBackend, tf } from '../src/train/backend.js';
-import { VisionLanguageModel, type ModelConfig } from '../src/train/model.js';
-import { Tokenizer } from '../src/train/tokenizer.js';
+import { initBackend, tf } from '../src/model/backend.js';
+import { VisionLanguageModel, type ModelConfig } from '../src/model/model.js';
+import { Tokenizer } from '../src/model/tokenizer.js';
 import { AdamW } from '../src/train/optimizer.js';
-import { hasCheckpoint, loadCheckpoint, loadModel, saveCheckpoint } from '../src/train/checkpoint.js';
+import { hasCheckpoint, loadCheckpoint, loadModel, saveCheckpoint } from '../src/model/checkpoint.js';
 import { ROOT, tempDir } from './support.js';
 
 before(async () => {
@@ -115,7 +115,7 @@ test('a save killed at a random moment never leaves a folder that loads as somet
   const parent = tempDir();
   const dir = path.join(parent, 'ckpt');
   const script = path.join(parent, 'saver.mjs');
-  const dist = path.join(ROOT, 'dist', 'src', 'train');
+  const dist = path.join(ROOT, 'dist', 'src', 'model');
   // The child saves bigger and bigger checkpoints over `dir`, each tagged with its generation.
   writeFileSync(script, `
     import { initBackend } from ${JSON.stringify(path.join(dist, 'backend.js'))};

@@ -5,12 +5,14 @@ import { test } from 'node:test';
 import { judgeResponse } from '../src/synth/judge.js';
 import { evaluateGenerations } from '../src/synth/evaluate.js';
 import { loadScenes, synthesize } from '../src/synth/synthesize.js';
-import { initBackend } from '../src/train/backend.js';
-import { saveCheckpoint } from '../src/train/checkpoint.js';
-import { stackImages } from '../src/train/images.js';
-import { VisionLanguageModel, type ModelConfig } from '../src/train/model.js';
-import { encodePromptResponse, loadImages, readEvalFile, readSftFile } from '../src/train/sft.js';
-import { Tokenizer } from '../src/train/tokenizer.js';
+import { initBackend } from '../src/model/backend.js';
+import { saveCheckpoint } from '../src/model/checkpoint.js';
+import { stackImages } from '../src/model/images.js';
+import { VisionLanguageModel, type ModelConfig } from '../src/model/model.js';
+import { readEvalFile, readSftFile } from '../src/train/sft.js';
+import { encodePromptResponse } from '../src/model/encode.js';
+import { PixelCache } from '../src/model/images.js';
+import { Tokenizer } from '../src/model/tokenizer.js';
 import { CLI, tempDir } from './support.js';
 
 test('evaluateGenerations: greedy descriptions judged against the true scenes; aspo evaluate prints the same summary', async () => {
@@ -32,7 +34,7 @@ test('evaluateGenerations: greedy descriptions judged against the true scenes; a
 
   // Independently: the first description is the greedy continuation of its prompt, decoded.
   const records = await readEvalFile(path.join(data, 'eval.jsonl'));
-  const pixels = await loadImages([records[0]!.image], config.imageSize);
+  const pixels = await new PixelCache().all([records[0]!.image], config.imageSize);
   const images = stackImages([pixels.get(records[0]!.image!)!], config.imageSize);
   const [ids] = await model.generate({ images, promptIds: [encodePromptResponse(tokenizer, records[0]!.prompt, '').promptIds], maxTokens: 20 });
   images.dispose();

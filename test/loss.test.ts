@@ -1,6 +1,6 @@
 import { before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { initBackend, tf } from '../src/train/backend.js';
+import { initBackend, tf } from '../src/model/backend.js';
 import {
   addMetricSums, aspoLoss, buildLayout, lossConfig, lossForward, lossGradients, lossMetrics, lossMetricSums, metricsOfSums, packPairs, withPolicyTensors,
   type AspoLossConfig, type LossArrays, type PairArrays,

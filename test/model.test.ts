@@ -1,10 +1,10 @@
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
-import { initBackend, tf } from '../src/train/backend.js';
+import { initBackend, tf } from '../src/model/backend.js';
 import {
   causalSoftmax, dense, DEFAULT_MODEL_CONFIG, gelu, layerNorm, layoutBatch, matMulFast, neighbourhoods3x3, parameterShapes, sampleToken, VisionLanguageModel, type ModelConfig,
-} from '../src/train/model.js';
-import { BOS_ID, EOS_ID } from '../src/train/tokenizer.js';
+} from '../src/model/model.js';
+import { BOS_ID, EOS_ID } from '../src/model/tokenizer.js';
 import { Rng } from '../src/util/random.js';
 
 before(async () => {

@@ -1,11 +1,13 @@
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
-import { initBackend } from '../src/train/backend.js';
+import { initBackend } from '../src/model/backend.js';
 import { combineShards, GradientWorkers, shardBatch, type ShardGradient } from '../src/train/parallel.js';
-import { batchOf, DEFAULT_SFT_OPTIONS, encodePromptResponse, loadImages, readSftData, shardGradient, SftTrainer, type SftOptions } from '../src/train/sft.js';
-import { Tokenizer } from '../src/train/tokenizer.js';
-import { VisionLanguageModel } from '../src/train/model.js';
+import { encodePromptResponse } from '../src/model/encode.js';
+import { PixelCache } from '../src/model/images.js';
+import { batchOf, DEFAULT_SFT_OPTIONS, readSftData, shardGradient, SftTrainer, type SftOptions } from '../src/train/sft.js';
+import { Tokenizer } from '../src/model/tokenizer.js';
+import { VisionLanguageModel } from '../src/model/model.js';
 import { writeShapesDataset } from './model-fixture.js';
 import { tempDir } from './support.js';
 
@@ -59,7 +61,7 @@ test('the gradient combined from shards equals the gradient of the whole batch',
   const tokenizer = Tokenizer.build(data.train.flatMap((e) => [e.prompt, e.response]), { vocabSize: 256 });
   const options = tinyOptions('unused');
   const model = VisionLanguageModel.init({ ...options.model, vocabSize: tokenizer.vocabSize }, 3);
-  const images = await loadImages(data.train.map((e) => e.image), options.model.imageSize);
+  const images = await new PixelCache().all(data.train.map((e) => e.image), options.model.imageSize);
   const rows = data.train.slice(0, 7).map((e) => ({ image: e.image, ...encodePromptResponse(tokenizer, e.prompt, e.response) }));
   const batch = batchOf(rows, images);
   const whole = await shardGradient(model, batch);

@@ -4,18 +4,18 @@ import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
-import { initBackend, tf } from '../src/train/backend.js';
-import { DEFAULT_SFT_OPTIONS, encodePromptResponse, readSftData, runSft, SftTrainer } from '../src/train/sft.js';
+import { initBackend, tf } from '../src/model/backend.js';
+import { DEFAULT_SFT_OPTIONS, readSftData, runSft, SftTrainer } from '../src/train/sft.js';
+import { encodePromptResponse } from '../src/model/encode.js';
 import { addMetricSums, lossConfig, metricsOfSums, type AspoLossConfig } from '../src/train/loss.js';
 import {
   collatePairs, DEFAULT_PREFERENCE_OPTIONS, PreferenceTrainer, preferenceShardGradient, runPreference, type PreferenceObjective, type PreferenceOptions,
 } from '../src/train/preference.js';
 import { combineShards, evenSlices } from '../src/train/parallel.js';
-import { VisionLanguageModel } from '../src/train/model.js';
-import { loadCheckpoint } from '../src/train/checkpoint.js';
-import { loadImagePixels } from '../src/train/images.js';
+import { VisionLanguageModel } from '../src/model/model.js';
+import { loadCheckpoint, loadModel, type LoadedModel } from '../src/model/checkpoint.js';
+import { loadImagePixels } from '../src/model/images.js';
 import { MemoryMetrics } from '../src/train/metrics.js';
-import { loadReferenceModel, type ReferenceModel } from '../src/score/perplexity.js';
 import { encodeWithSentences } from '../src/segment/align.js';
 import { openShardSet } from '../src/shard/read.js';
 import { writeImagesFile, writeManifest, writeShardFile } from '../src/shard/write.js';
@@ -33,7 +33,7 @@ const FALSE_SIMILARITY = 0.2;
 
 let dataDir: string;
 let refDir: string;
-let ref: ReferenceModel;
+let ref: LoadedModel;
 /** Shard sets of the same pairs: without reference log-probs, and with them stored for `ref`. */
 let plainShards: string;
 let storedShards: string;
@@ -44,7 +44,7 @@ interface WorldPair { pair: Omit<ShardPair, 'chosenRefLogps' | 'rejectedRefLogps
  * Preference pairs of the shapes world: chosen = the true caption, then a second sentence that is true for half
  * the pairs and hallucinated (another colour) for the rest; rejected = a caption with the colour and shape wrong.
  */
-async function worldPairs(reference: ReferenceModel): Promise<WorldPair[]> {
+async function worldPairs(reference: LoadedModel): Promise<WorldPair[]> {
   const colours = Object.keys(COLOURS);
   const out: WorldPair[] = [];
   let n = 0;
@@ -79,7 +79,7 @@ async function worldPairs(reference: ReferenceModel): Promise<WorldPair[]> {
 }
 
 /** Per-token log-probs (EOS included) of one response under the reference, computed alone (no batch padding). */
-function referenceLogps(reference: ReferenceModel, image: Float32Array, promptIds: number[], responseIds: number[]): number[] {
+function referenceLogps(reference: LoadedModel, image: Float32Array, promptIds: number[], responseIds: number[]): number[] {
   return tf.tidy(() => {
     const images = tf.tensor4d(image, [1, reference.model.config.imageSize, reference.model.config.imageSize, 3]);
     return Array.from(reference.model.responseLogProbs({ images, promptIds: [promptIds], responseIds: [responseIds] }).logps.dataSync());
@@ -87,7 +87,7 @@ function referenceLogps(reference: ReferenceModel, image: Float32Array, promptId
 }
 
 /** Writes a real shard set (Arrow files, images file, manifest) of the world's pairs. */
-async function writeWorldShards(dir: string, reference: ReferenceModel, options: { storeRefs: boolean; similarity: boolean }): Promise<string> {
+async function writeWorldShards(dir: string, reference: LoadedModel, options: { storeRefs: boolean; similarity: boolean }): Promise<string> {
   await mkdir(dir, { recursive: true });
   const pairs = await worldPairs(reference);
   const shards: ShardFile[] = [];
@@ -136,7 +136,7 @@ before(async () => {
   }, await readSftData(dataDir));
   await runSft(sft);
   sft.dispose();
-  ref = await loadReferenceModel(refDir);
+  ref = await loadModel(refDir);
   const shardRoot = tempDir();
   plainShards = await writeWorldShards(path.join(shardRoot, 'plain'), ref, { storeRefs: false, similarity: true });
   storedShards = await writeWorldShards(path.join(shardRoot, 'stored'), ref, { storeRefs: true, similarity: true });

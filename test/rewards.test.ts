@@ -4,14 +4,14 @@ import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { initBackend, tf } from '../src/train/backend.js';
-import { DEFAULT_SFT_OPTIONS, encodePromptResponse, readSftData, runSft, SftTrainer } from '../src/train/sft.js';
-import { loadCheckpoint, saveCheckpoint } from '../src/train/checkpoint.js';
-import { loadImagePixels, stackImages } from '../src/train/images.js';
+import { initBackend, tf } from '../src/model/backend.js';
+import { DEFAULT_SFT_OPTIONS, readSftData, runSft, SftTrainer } from '../src/train/sft.js';
+import { encodePromptResponse } from '../src/model/encode.js';
+import { loadCheckpoint, saveCheckpoint, loadModel, type LoadedModel } from '../src/model/checkpoint.js';
+import { loadImagePixels, stackImages } from '../src/model/images.js';
 import { DEFAULT_LOSS_CONFIG, lossConfig, lossForward, packPairs, type AspoLossConfig } from '../src/train/loss.js';
 import { encodeWithSentences } from '../src/segment/align.js';
 import { segment } from '../src/segment/segment.js';
-import { loadReferenceModel, type ReferenceModel } from '../src/score/perplexity.js';
 import { Store, withStore } from '../src/store/store.js';
 import type { ShardManifest, ShardPair, ShardSet, ShardSplit } from '../src/shard/types.js';
 import { savedLossConfig, sentenceRewards, writeSentenceRewards, type PairLogProbs, type RewardsOptions, type RewardsSummary, type SideLogProbs } from '../src/rewards/rewards.js';
@@ -35,8 +35,8 @@ interface FixturePair {
 
 let refDir: string;
 let policyDir: string;
-let ref: ReferenceModel;
-let policy: ReferenceModel;
+let ref: LoadedModel;
+let policy: LoadedModel;
 let fixtures: FixturePair[];
 const images = new Map<string, Uint8Array>();
 
@@ -109,8 +109,8 @@ before(async () => {
   await sft(data, trained, 80);
   const contents = await loadCheckpoint(trained);
   await saveCheckpoint(policyDir, { ...contents, trainer: { ...contents.trainer, options: { loss: SAVED_LOSS } } });
-  ref = await loadReferenceModel(refDir);
-  policy = await loadReferenceModel(policyDir);
+  ref = await loadModel(refDir);
+  policy = await loadModel(policyDir);
 
   fixtures = [];
   let n = 0;
@@ -141,7 +141,7 @@ after(() => {
 });
 
 /** Per-token log-probs (response tokens, then EOS) of one response, from a direct call on a model, alone in its batch. */
-async function directLogps(model: ReferenceModel, pair: ShardPair, side: 'chosen' | 'rejected'): Promise<number[]> {
+async function directLogps(model: LoadedModel, pair: ShardPair, side: 'chosen' | 'rejected'): Promise<number[]> {
   const png = pair.imageId ? images.get(pair.imageId)! : null;
   const image = png ? await loadImagePixels(Buffer.from(png), model.model.config.imageSize) : null;
   const imageTensor = image ? stackImages([image], model.model.config.imageSize) : null;

@@ -3,15 +3,15 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import path from 'node:path';
-import { initBackend, tf } from '../src/train/backend.js';
-import { DEFAULT_SFT_OPTIONS, readSftData, runSft, SftTrainer, encodePromptResponse } from '../src/train/sft.js';
-import { loadImagePixels, stackImages } from '../src/train/images.js';
+import { initBackend, tf } from '../src/model/backend.js';
+import { DEFAULT_SFT_OPTIONS, readSftData, runSft, SftTrainer } from '../src/train/sft.js';
+import { encodePromptResponse } from '../src/model/encode.js';
+import { loadImagePixels, stackImages } from '../src/model/images.js';
 import { encodeWithSentences } from '../src/segment/align.js';
 import { segmentStage } from '../src/segment/stage.js';
 import { Store, withStore } from '../src/store/store.js';
-import {
-  groundingGain, loadReferenceModel, perplexity, scoreReference, sentenceLogProbs, type ReferenceModel,
-} from '../src/score/perplexity.js';
+import { groundingGain, perplexity, scoreReference, sentenceLogProbs } from '../src/score/perplexity.js';
+import { loadModel, type LoadedModel } from '../src/model/checkpoint.js';
 import { renderShape, writeShapesDataset } from './model-fixture.js';
 import { CLI, tempDir } from './support.js';
 
@@ -26,7 +26,7 @@ const PAIRS: Array<[string, string, string | null, string, string]> = [
 ];
 
 let checkpoint: string;
-let ref: ReferenceModel;
+let ref: LoadedModel;
 let db: string;
 const pixels = new Map<string, Float32Array>();
 
@@ -42,7 +42,7 @@ before(async () => {
   }, await readSftData(data));
   await runSft(trainer);
   trainer.dispose();
-  ref = await loadReferenceModel(checkpoint);
+  ref = await loadModel(checkpoint);
 
   db = path.join(tempDir(), 'ppl.duckdb');
   await withStore(db, async (store) => {

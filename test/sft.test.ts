@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { initBackend } from '../src/train/backend.js';
+import { initBackend } from '../src/model/backend.js';
 import {
   batchIndices, DEFAULT_SFT_OPTIONS, learningRate, readEvalFile, readSftData, readSftFile, runSft, SftTrainer, type SftOptions,
 } from '../src/train/sft.js';

@@ -7,12 +7,11 @@ import { synthesize } from '../src/synth/synthesize.js';
 import { ingest } from '../src/ingest/ingest.js';
 import { segmentStage } from '../src/segment/stage.js';
 import { Store, withStore } from '../src/store/store.js';
-import { initBackend, tf } from '../src/train/backend.js';
-import { Tokenizer } from '../src/train/tokenizer.js';
-import { DEFAULT_MODEL_CONFIG, initialValues, textContext, validateModelConfig, type ModelConfig } from '../src/train/model.js';
-import { saveCheckpoint } from '../src/train/checkpoint.js';
-import { loadImagePixels, stackImages } from '../src/train/images.js';
-import { loadReferenceModel, type ReferenceModel } from '../src/score/perplexity.js';
+import { initBackend, tf } from '../src/model/backend.js';
+import { Tokenizer } from '../src/model/tokenizer.js';
+import { DEFAULT_MODEL_CONFIG, initialValues, textContext, validateModelConfig, type ModelConfig } from '../src/model/model.js';
+import { saveCheckpoint, loadModel, type LoadedModel } from '../src/model/checkpoint.js';
+import { loadImagePixels, stackImages } from '../src/model/images.js';
 import { openShardSet } from '../src/shard/read.js';
 import { splitByGroup, writeShards, type ShardOptions } from '../src/shard/stage.js';
 import type { ShardPair, ShardSet } from '../src/shard/types.js';
@@ -24,7 +23,7 @@ const TEXT_ONLY = { pair_id: 'text-only-pair', prompt: 'Describe the scene.\n', 
 
 let db: string;
 let checkpoint: string;
-let ref: ReferenceModel;
+let ref: LoadedModel;
 
 before(async () => {
   await initBackend('auto');
@@ -46,7 +45,7 @@ before(async () => {
   const config: ModelConfig = validateModelConfig({ ...DEFAULT_MODEL_CONFIG, vocabSize: tokenizer.vocabSize, width: 16, layers: 1, heads: 2, mlpRatio: 2, context: 16 + 80 });
   checkpoint = path.join(tempDir(), 'tiny');
   await saveCheckpoint(checkpoint, { config, tokenizer, weights: initialValues(config, 7) });
-  ref = await loadReferenceModel(checkpoint);
+  ref = await loadModel(checkpoint);
 });
 
 after(() => ref?.model.dispose());

@@ -61,3 +61,44 @@ test('a new store has the same columns as a migrated one', async () => {
   assert.ok(a.length > 50);
   assert.deepEqual(a, b);
 });
+
+test('Store.upsert inserts, updates only the named columns of existing keys, and takes types and key from the table', async () => {
+  await withStore(path.join(tempDir(), 'store.duckdb'), async (store) => {
+    await store.run(`CREATE TABLE scores (pair_id VARCHAR, idx INTEGER, similarity DOUBLE, ppl DOUBLE, model VARCHAR,
+      cut BOOLEAN, n BIGINT, note JSON, added TIMESTAMP DEFAULT current_timestamp, PRIMARY KEY (pair_id, idx))`);
+    await store.upsert('scores', [
+      { pair_id: 'a', idx: 0, similarity: 0.5, model: 'clip', cut: false, n: 7, note: '{"k":1}' },
+      { pair_id: 'a', idx: 1, similarity: null, model: 'clip', cut: true, n: 2 ** 40, note: null },
+    ]);
+    // A second writer names other columns: the similarity it does not name stays.
+    await store.upsert('scores', [{ pair_id: 'a', idx: 1, ppl: 3.25 }, { pair_id: 'b', idx: 0, ppl: 1.5 }]);
+    const rows = await store.all(`SELECT pair_id, idx, similarity, ppl, model, cut, n, note::VARCHAR AS note, added IS NOT NULL AS added
+      FROM scores ORDER BY pair_id, idx`);
+    assert.deepEqual(rows, [
+      { pair_id: 'a', idx: 0, similarity: 0.5, ppl: null, model: 'clip', cut: false, n: 7, note: '{"k":1}', added: true },
+      { pair_id: 'a', idx: 1, similarity: null, ppl: 3.25, model: 'clip', cut: true, n: 2 ** 40, note: null, added: true },
+      { pair_id: 'b', idx: 0, similarity: null, ppl: 1.5, model: null, cut: null, n: null, note: null, added: true },
+    ]);
+  });
+});
+
+test('Store.upsert refuses unknown columns and rows without the key, and lands all or nothing', async () => {
+  await withStore(path.join(tempDir(), 'store.duckdb'), async (store) => {
+    await store.run('CREATE TABLE t (id VARCHAR PRIMARY KEY, v DOUBLE NOT NULL)');
+    await assert.rejects(store.upsert('t', [{ id: 'x', w: 1 }]), /upsert into t: no column w/);
+    await assert.rejects(store.upsert('t', [{ v: 1 }]), /upsert into t: rows lack the key column id/);
+    await assert.rejects(store.upsert('missing', [{ id: 'x' }]), /no table missing/);
+    // The second row breaks NOT NULL: neither lands.
+    await assert.rejects(store.upsert('t', [{ id: 'x', v: 1 }, { id: 'y', v: null }]));
+    assert.equal(await store.scalar('SELECT count(*)::INT FROM t'), 0);
+    // Inside a caller's transaction it joins it: a rollback takes it back.
+    await assert.rejects(store.transaction(async () => {
+      await store.upsert('t', [{ id: 'x', v: 1 }]);
+      throw new Error('later step failed');
+    }), /later step failed/);
+    assert.equal(await store.scalar('SELECT count(*)::INT FROM t'), 0);
+    await store.upsert('t', [{ id: 'x', v: 1 }]);
+    await store.upsert('t', [{ id: 'x', v: 2 }]);
+    assert.deepEqual(await store.all('SELECT * FROM t'), [{ id: 'x', v: 2 }]);
+  });
+});

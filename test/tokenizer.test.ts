@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Tokenizer, SPECIAL_TOKENS, UNK_ID, EOS_ID, BOS_ID } from '../src/train/tokenizer.js';
-import { encodePromptResponse } from '../src/train/sft.js';
+import { Tokenizer, SPECIAL_TOKENS, UNK_ID, EOS_ID, BOS_ID } from '../src/model/tokenizer.js';
+import { encodePromptResponse } from '../src/model/encode.js';
 import { encodeWithSentences, type OffsetTokenizer } from '../src/segment/align.js';
 
 const TRAINING = [

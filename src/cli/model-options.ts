@@ -1,5 +1,5 @@
 /** Options of the commands that run a model (kept apart from command.ts so `aspo query` never loads TensorFlow.js). */
-import { BACKENDS, type BackendName } from '../train/backend.js';
+import { BACKENDS, type BackendName } from '../model/backend.js';
 import { lossConfig, type AspoLossConfig } from '../train/loss.js';
 import { numberOption, UsageError } from './command.js';
 

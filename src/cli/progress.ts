@@ -1,3 +1,5 @@
+import type { StageProgress } from '../util/progress.js';
+
 /**
  * Progress for long work: a redrawn bar on a TTY (stderr), nothing on a pipe;
  * `done()` always prints one summary line to stderr, so logs keep a record.
@@ -28,6 +30,12 @@ export class Progress {
   setTotal(total: number): void {
     this.total = total;
   }
+
+  /** Takes a stage's report (see StageProgress): its total, and how far it is. */
+  readonly report = (progress: StageProgress): void => {
+    this.total = progress.total;
+    this.at(progress.done);
+  };
 
   /** Moves to an absolute count, for callers that report totals so far rather than increments. */
   at(count: number, extra?: string): void {

@@ -4,16 +4,15 @@
  * The sentence weights and multipliers come from the loss's own code (lossForward), so they are the ones the
  * trainer used; this module only sums per sentence, and reads and writes.
  */
-import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import type { ColumnKind, Store } from '../store/store.js';
+import type { Store } from '../store/store.js';
 import { SHARD_SPLITS, type ShardPair, type ShardSet, type ShardSplit } from '../shard/types.js';
 import { lossConfig, lossForward, packPairs, type AspoLossConfig, type PairArrays } from '../train/loss.js';
-import type { ReferenceModel } from '../score/perplexity.js';
-import { loadImagePixels, stackImages } from '../train/images.js';
-import { textContext, type VisionLanguageModel } from '../train/model.js';
+import { readTrainerState, type LoadedModel } from '../model/checkpoint.js';
+import { tokenLogProbs, type TokenRow } from '../model/logprobs.js';
+import { textContext, type VisionLanguageModel } from '../model/model.js';
+import { shardPixelCache } from '../shard/read.js';
 import { checkShardPair, checkSimilarity } from '../train/preference.js';
-import { tf } from '../train/backend.js';
 
 export const DEFAULT_REWARDS_BATCH_SIZE = 16;
 export const REWARD_SPLITS = [...SHARD_SPLITS, 'all'] as const;
@@ -177,19 +176,8 @@ export function sentenceRewards(pairs: readonly PairLogProbs[], config: AspoLoss
  */
 export async function savedLossConfig(checkpoint: string): Promise<AspoLossConfig | undefined> {
   const file = path.join(checkpoint, 'trainer.json');
-  let text: string;
-  try {
-    text = await fs.readFile(file, 'utf8');
-  } catch {
-    return undefined;
-  }
-  let state: { options?: { loss?: unknown } };
-  try {
-    state = JSON.parse(text) as typeof state;
-  } catch {
-    throw new Error(`${file} is not JSON`);
-  }
-  const saved = state.options?.loss;
+  const state = await readTrainerState(checkpoint) as { options?: { loss?: unknown } } | undefined;
+  const saved = state?.options?.loss;
   if (saved === undefined) return undefined;
   if (typeof saved !== 'object' || saved === null) throw new Error(`${file}: options.loss must be an object`);
   try {
@@ -200,9 +188,9 @@ export async function savedLossConfig(checkpoint: string): Promise<AspoLossConfi
 }
 
 export interface RewardsOptions {
-  /** The trained policy and its reference (checkpoints loaded with loadReferenceModel, which gives their ids). */
-  policy: ReferenceModel;
-  ref: ReferenceModel;
+  /** The trained policy and its reference (checkpoints loaded with loadModel, which gives their ids). */
+  policy: LoadedModel;
+  ref: LoadedModel;
   config: AspoLossConfig;
   /** Default "all": train then eval. */
   split?: RewardSplit;
@@ -234,47 +222,13 @@ export interface RewardsSummary {
   seconds: number;
 }
 
-/** A response ready for a model pass. */
-interface ModelRow { promptIds: number[]; responseIds: number[]; image: Float32Array | null }
-
-/** Per row, the log-prob of each response token and of EOS (length responseIds + 1). */
-function responseLogps(model: VisionLanguageModel, rows: readonly ModelRow[]): Float32Array[] {
-  const images = rows.some((r) => r.image) ? stackImages(rows.map((r) => r.image), model.config.imageSize) : null;
-  try {
-    const { logps, mask } = model.responseLogProbs({
-      images, hasImage: rows.map((r) => r.image !== null),
-      promptIds: rows.map((r) => r.promptIds), responseIds: rows.map((r) => r.responseIds),
-    });
-    const values = logps.dataSync() as Float32Array;
-    const width = logps.shape[1];
-    tf.dispose([logps, mask]);
-    return rows.map((r, i) => values.slice(i * width, i * width + r.responseIds.length + 1));
-  } finally {
-    images?.dispose();
-  }
-}
-
-const ROW_COLUMNS = ['policy_model', 'ref_model', 'pair_id', 'side', 'idx', 'n_tokens', 'policy_logp_sum', 'ref_logp_sum',
-  'logratio_sum', 'weight', 'multiplier', 'ref_multiplier', 'reward', 'beta', 'alpha', 'scale', 'loss_config'];
-const ROW_KINDS: ColumnKind[] = ['varchar', 'varchar', 'varchar', 'varchar', 'integer', 'integer', 'double', 'double',
-  'double', 'double', 'double', 'double', 'double', 'double', 'double', 'double', 'varchar'];
-
 /** Replaces the policy's rows of the batch's pairs by `rows`, in one transaction. */
-async function writeRewardRows(store: Store, policyModel: string, pairIds: readonly string[], rows: unknown[][]): Promise<void> {
-  const staging = 'rewards_batch';
-  await store.run(`CREATE TEMP TABLE IF NOT EXISTS ${staging} (policy_model VARCHAR, ref_model VARCHAR, pair_id VARCHAR,
-    side VARCHAR, idx INTEGER, n_tokens INTEGER, policy_logp_sum DOUBLE, ref_logp_sum DOUBLE, logratio_sum DOUBLE,
-    weight DOUBLE, multiplier DOUBLE, ref_multiplier DOUBLE, reward DOUBLE, beta DOUBLE, alpha DOUBLE, scale DOUBLE,
-    loss_config VARCHAR)`);
-  await store.run(`CREATE TEMP TABLE IF NOT EXISTS rewards_batch_pairs (pair_id VARCHAR)`);
+async function writeRewardRows(store: Store, policyModel: string, pairIds: readonly string[], rows: Record<string, unknown>[]): Promise<void> {
   await store.transaction(async () => {
-    await store.run(`DELETE FROM ${staging}`);
-    await store.run('DELETE FROM rewards_batch_pairs');
-    await store.append(staging, ROW_KINDS, rows, true);
-    await store.append('rewards_batch_pairs', ['varchar'], pairIds.map((id) => [id]), true);
-    await store.run(`DELETE FROM sentence_rewards WHERE policy_model = $1 AND pair_id IN (SELECT pair_id FROM rewards_batch_pairs)`,
-      [policyModel]);
-    await store.run(`INSERT INTO sentence_rewards (${ROW_COLUMNS.join(', ')}) SELECT ${ROW_COLUMNS.join(', ')} FROM ${staging}`);
+    // Pair ids are hex digests: a comma never occurs in one.
+    await store.run(`DELETE FROM sentence_rewards WHERE policy_model = $1 AND pair_id IN (SELECT unnest(string_split($2, ',')))`,
+      [policyModel, pairIds.join(',')]);
+    await store.upsert('sentence_rewards', rows);
   });
 }
 
@@ -306,21 +260,14 @@ export async function writeSentenceRewards(store: Store, shards: ShardSet, optio
   const totals = { chosen: { sum: 0, n: 0 }, rejected: { sum: 0, n: 0 } };
   let lowest: SentenceReward | undefined;
   const configJson = JSON.stringify(config);
-  const pixels = new Map<string, Promise<Float32Array>>();
-  let imageBytes: Promise<Map<string, Uint8Array>> | undefined;
-  const imageOf = (pair: ShardPair, model: VisionLanguageModel): Promise<Float32Array | null> => {
-    if (pair.imageId === null) return Promise.resolve(null);
-    const size = model.config.imageSize;
-    const key = `${size}:${pair.imageId}`;
-    if (!pixels.has(key)) {
-      imageBytes ??= shards.images();
-      pixels.set(key, imageBytes.then((all) => {
-        const bytes = all.get(pair.imageId!);
-        if (!bytes) throw new Error(`pair ${pair.pairId}: image ${pair.imageId} is not in the shard set's images`);
-        return loadImagePixels(Buffer.from(bytes), size);
-      }));
+  const pixels = shardPixelCache(shards);
+  const imageOf = async (pair: ShardPair, model: VisionLanguageModel): Promise<Float32Array | null> => {
+    if (pair.imageId === null) return null;
+    try {
+      return await pixels.get(pair.imageId, model.config.imageSize);
+    } catch (error) {
+      throw new Error(`pair ${pair.pairId}: ${(error as Error).message}`);
     }
-    return pixels.get(key)!;
   };
   const fits = (pair: ShardPair, model: VisionLanguageModel) =>
     [pair.chosenIds, pair.rejectedIds].every((ids) => 1 + pair.promptIds.length + ids.length <= textContext(model.config));
@@ -335,18 +282,18 @@ export async function writeSentenceRewards(store: Store, shards: ShardSet, optio
     });
     if (!pairs.length) return;
     checkSimilarity(pairs, config);
-    const rowsOf = async (model: VisionLanguageModel, list: ShardPair[], side: 'chosen' | 'rejected'): Promise<ModelRow[]> =>
+    const rowsOf = async (model: VisionLanguageModel, list: ShardPair[], side: 'chosen' | 'rejected'): Promise<TokenRow[]> =>
       Promise.all(list.map(async (p) => ({
         promptIds: p.promptIds, responseIds: side === 'chosen' ? p.chosenIds : p.rejectedIds, image: await imageOf(p, model),
       })));
-    const policyChosen = responseLogps(policy.model, await rowsOf(policy.model, pairs, 'chosen'));
-    const policyRejected = responseLogps(policy.model, await rowsOf(policy.model, pairs, 'rejected'));
+    const policyChosen = tokenLogProbs(policy.model, await rowsOf(policy.model, pairs, 'chosen'));
+    const policyRejected = tokenLogProbs(policy.model, await rowsOf(policy.model, pairs, 'rejected'));
     const stored = (p: ShardPair) => useStoredRef && p.chosenRefLogps !== null && p.rejectedRefLogps !== null;
     const toRun = pairs.filter((p) => !stored(p));
     const refRun = new Map<ShardPair, { chosen: ArrayLike<number>; rejected: ArrayLike<number> }>();
     if (toRun.length) {
-      const chosen = responseLogps(ref.model, await rowsOf(ref.model, toRun, 'chosen'));
-      const rejected = responseLogps(ref.model, await rowsOf(ref.model, toRun, 'rejected'));
+      const chosen = tokenLogProbs(ref.model, await rowsOf(ref.model, toRun, 'chosen'));
+      const rejected = tokenLogProbs(ref.model, await rowsOf(ref.model, toRun, 'rejected'));
       toRun.forEach((p, i) => refRun.set(p, { chosen: chosen[i]!, rejected: rejected[i]! }));
     }
     summary.refLogps.fromModel += toRun.length;
@@ -360,10 +307,12 @@ export async function writeSentenceRewards(store: Store, shards: ShardSet, optio
       };
     });
     const rewards = sentenceRewards(inputs, config);
-    await writeRewardRows(store, policy.modelId, pairs.map((p) => p.pairId), rewards.map((r) => [
-      policy.modelId, ref.modelId, r.pairId, r.side, r.idx, r.nTokens, r.policyLogpSum, r.refLogpSum, r.logratioSum,
-      r.weight, r.multiplier, r.refMultiplier, r.reward, config.beta, config.alpha, config.scale, configJson,
-    ]));
+    await writeRewardRows(store, policy.modelId, pairs.map((p) => p.pairId), rewards.map((r) => ({
+      policy_model: policy.modelId, ref_model: ref.modelId, pair_id: r.pairId, side: r.side, idx: r.idx, n_tokens: r.nTokens,
+      policy_logp_sum: r.policyLogpSum, ref_logp_sum: r.refLogpSum, logratio_sum: r.logratioSum, weight: r.weight,
+      multiplier: r.multiplier, ref_multiplier: r.refMultiplier, reward: r.reward, beta: config.beta, alpha: config.alpha,
+      scale: config.scale, loss_config: configJson,
+    })));
     for (const r of rewards) {
       summary[r.side === 'chosen' ? 'chosenSentences' : 'rejectedSentences']++;
       if (r.nTokens === 0) continue;

@@ -4,7 +4,7 @@ import path from 'node:path';
 import type { PreTrainedModel, PreTrainedTokenizer, Tensor as HfTensor } from '@huggingface/transformers';
 import pLimit from 'p-limit';
 import sharp from 'sharp';
-import { checkModelFolder, isLocalModel, modelIdentity } from './model-folder.js';
+import { checkModelFolder, isLocalModel, modelIdentity } from '../model/hf-folder.js';
 
 /**
  * A CLIP-style dual encoder loaded through `@huggingface/transformers` (ONNX Runtime): the vision tower

@@ -8,9 +8,10 @@
 import path from 'node:path';
 import type { PreTrainedModel, PreTrainedTokenizer, Tensor as HfTensor } from '@huggingface/transformers';
 import type { Store } from '../store/store.js';
-import { encodeWithSentences, hfOffsetTokenizer, type OffsetTokenizer, type Span } from '../segment/align.js';
-import { checkModelFolder, isLocalModel, modelId } from './model-folder.js';
-import { pendingResponses, perplexityRow, sentenceLogProbs, writePerplexityRows, type PendingResponse, type ReferenceScoreOptions, type ResponseScoreSummary } from './perplexity.js';
+import { encodeWithSentences, hfOffsetTokenizer, type OffsetTokenizer } from '../segment/align.js';
+import { checkModelFolder, isLocalModel, modelId } from '../model/hf-folder.js';
+import { perplexityRow, sentenceLogProbs } from './perplexity.js';
+import { scoreResponses, type ResponseScorer, type ResponseScoreSummary, type ScoredBatch, type ScoreResponsesOptions } from './scorer.js';
 
 export const DEFAULT_LM_BATCH_SIZE = 8;
 
@@ -118,48 +119,42 @@ export async function loadCausalLm(model: string): Promise<CausalLm> {
   };
 }
 
-interface EncodedRow { response: PendingResponse; ids: number[]; sentenceIds: number[]; idxs: number[] }
-
 /**
- * Scores every response with a sentence whose ppl_model is not this model, `batchSize` responses per model call and
- * one transaction per batch (a killed run resumes). Responses longer than the model's context are counted and
- * skipped. A token gets a log-prob only when something precedes it, so without a BOS token and with an empty
- * prompt, the first token of the response is not counted.
+ * The perplexity scorer of a causal LM. Responses longer than the model's context are skipped. A token gets a log-prob
+ * only when something precedes it, so without a BOS token and with an empty prompt, the first token of the response
+ * is not counted.
  */
-export async function scoreLm(store: Store, lm: CausalLm, options: ReferenceScoreOptions = {}): Promise<ResponseScoreSummary> {
-  const started = performance.now();
-  const batchSize = options.batchSize ?? DEFAULT_LM_BATCH_SIZE;
-  if (!Number.isInteger(batchSize) || batchSize < 1) throw new Error(`batchSize must be a positive integer, got ${batchSize}`);
-  const pending = await pendingResponses(store, 'ppl_model', lm.modelId);
-  const summary: ResponseScoreSummary = { model: lm.modelId, responses: 0, sentences: 0, emptySentences: 0, tooLong: 0, modelSeconds: 0, seconds: 0 };
-  options.onStart?.({ pendingResponses: pending.length });
-  for (let b = 0; b < pending.length; b += batchSize) {
-    const encoded: EncodedRow[] = [];
-    for (const response of pending.slice(b, b + batchSize)) {
-      const sentences = await store.all<Span & { idx: number }>(
-        'SELECT idx, char_start AS start, char_end AS end FROM sentences WHERE pair_id = $1 AND side = $2 ORDER BY idx', [response.pair_id, response.side]);
-      const { ids, sentenceIds } = encodeWithSentences(lm.tokenizer, response.prompt, response.response, sentences);
-      if (ids.length > lm.maxLength) summary.tooLong++;
-      else encoded.push({ response, ids, sentenceIds, idxs: sentences.map((s) => s.idx) });
-    }
-    const rows: unknown[][] = [];
-    if (encoded.length) {
+export function lmScorer(lm: CausalLm): ResponseScorer {
+  return {
+    signal: 'perplexity',
+    modelId: lm.modelId,
+    defaultBatchSize: DEFAULT_LM_BATCH_SIZE,
+    textOnly: 'run',
+    async scoreBatch(batch) {
+      const scored: ScoredBatch = { rows: [], skipped: {}, emptySentences: 0, modelSeconds: 0 };
+      const encoded = batch.responses.flatMap((response) => {
+        const { ids, sentenceIds } = encodeWithSentences(lm.tokenizer, response.prompt, response.response, response.sentences);
+        if (ids.length <= lm.maxLength) return [{ response, ids, sentenceIds }];
+        scored.skipped.tooLong = (scored.skipped.tooLong ?? 0) + 1;
+        return [];
+      });
+      if (!encoded.length) return scored;
       const t0 = performance.now();
       const logps = await lm.tokenLogProbs(encoded.map((e) => e.ids));
-      summary.modelSeconds += (performance.now() - t0) / 1000;
-      encoded.forEach((e, i) => {
+      scored.modelSeconds = (performance.now() - t0) / 1000;
+      encoded.forEach(({ response, sentenceIds }, i) => {
         // logps[i][t − 1] belongs to token t: the first token has no context and no log-prob.
-        sentenceLogProbs(logps[i]!, e.sentenceIds.slice(1), e.idxs.length).forEach((s, k) => {
-          if (s.n === 0) summary.emptySentences++;
-          rows.push(perplexityRow(e.response, e.idxs[k]!, s, lm.modelId));
+        sentenceLogProbs(logps[i]!, sentenceIds.slice(1), response.sentences.length).forEach((s, k) => {
+          if (s.n === 0) scored.emptySentences++;
+          scored.rows.push(perplexityRow(response, response.sentences[k]!.idx, s, lm.modelId));
         });
       });
-    }
-    await writePerplexityRows(store, rows);
-    summary.responses += encoded.length;
-    summary.sentences += rows.length;
-    options.onBatch?.({ responses: Math.min(b + batchSize, pending.length), sentences: summary.sentences, total: pending.length });
-  }
-  summary.seconds = (performance.now() - started) / 1000;
-  return summary;
+      return scored;
+    },
+  };
+}
+
+/** Scores every response with a sentence whose ppl_model is not this model (see scoreResponses and lmScorer). */
+export async function scoreLm(store: Store, lm: CausalLm, options: ScoreResponsesOptions = {}): Promise<ResponseScoreSummary> {
+  return scoreResponses(store, lmScorer(lm), options);
 }

@@ -15,8 +15,9 @@ import type { Store } from '../store/store.js';
 import { encodeWithSentences, hfOffsetTokenizer, type OffsetTokenizer, type Span } from '../segment/align.js';
 import { decodeRawImage, onnxRuntimeHasCuda } from './clip.js';
 import { contextLength, rowTokenLogProbs } from './lm.js';
-import { checkModelFolder, isLocalModel, modelId } from './model-folder.js';
-import { pendingResponses, perplexityRow, sentenceLogProbs, writePerplexityRows, type PendingResponse, type ResponseScoreSummary } from './perplexity.js';
+import { checkModelFolder, isLocalModel, modelId } from '../model/hf-folder.js';
+import { perplexityRow, sentenceLogProbs } from './perplexity.js';
+import { pendingResponses, type PendingResponse, type ResponseScoreSummary, type SentenceScoreRow } from './scorer.js';
 
 export const DEFAULT_VLM_BATCH_SIZE = 4;
 export const DEFAULT_VLM_COMMIT_RESPONSES = 64;
@@ -370,11 +371,8 @@ export interface VlmScoreOptions {
 
 export interface VlmScoreSummary extends ResponseScoreSummary, VlmRunStats {
   device: string;
-  /** Responses of text-only pairs: scored without an image, or skipped with requireImage. */
-  textOnlyResponses: number;
+  /** Responses of text-only pairs skipped with requireImage. */
   textOnlySkipped: number;
-  /** Responses skipped because their image could not be decoded or processed. */
-  imageErrors: number;
 }
 
 interface PreparedResponse extends RowToScore {
@@ -400,7 +398,7 @@ export async function scoreVlm(store: Store, vlm: VisionLanguageScorer, options:
   const textOnly = all.filter((r) => r.image_id === null).length;
   const pending = options.requireImage ? all.filter((r) => r.image_id !== null) : all;
   const summary: VlmScoreSummary = {
-    model: vlm.modelId, device: vlm.device, responses: 0, sentences: 0, emptySentences: 0, tooLong: 0, modelSeconds: 0, seconds: 0,
+    signal: 'perplexity', model: vlm.modelId, device: vlm.device, responses: 0, sentences: 0, emptySentences: 0, tooLong: 0, unencodable: 0, modelSeconds: 0, seconds: 0,
     textOnlyResponses: textOnly, textOnlySkipped: options.requireImage ? textOnly : 0, imageErrors: 0,
     images: 0, visionCalls: 0, decoderCalls: 0, visionSeconds: 0, decoderSeconds: 0,
   };
@@ -409,15 +407,15 @@ export async function scoreVlm(store: Store, vlm: VisionLanguageScorer, options:
   for (const chunk of pairChunks(pending, commit)) {
     const prepared = await prepareChunk(store, vlm, chunk, summary);
     const logps = await vlm.scoreRows(prepared, { batchSize, stats: summary, onModelCall: options.onModelCall });
-    const rows: unknown[][] = [];
+    const rows: SentenceScoreRow[] = [];
     prepared.forEach((p, i) => {
       // logps[i][j] belongs to token from + j: the response's tokens come first, then the turn's end.
       sentenceLogProbs(logps[i]!.subarray(0, p.responseTokens), p.sentenceIds, p.idxs.length).forEach((s, k) => {
         if (s.n === 0) summary.emptySentences++;
-        rows.push(perplexityRow(p.response, p.idxs[k]!, s, vlm.modelId));
+        rows.push(perplexityRow({ pairId: p.response.pair_id, side: p.response.side }, p.idxs[k]!, s, vlm.modelId));
       });
     });
-    await writePerplexityRows(store, rows);
+    await store.upsert('sentence_scores', rows);
     summary.responses += prepared.length;
     summary.sentences += rows.length;
     done += chunk.length;

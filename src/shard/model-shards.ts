@@ -149,9 +149,9 @@ export async function writeModelShards(store: Store, options: ModelShardOptions)
 
     options.onPhase?.('encode', pairs.length);
     const kept: EncodedModelPair[] = [];
-    const rejects: unknown[][] = [];
+    const rejects: Record<string, unknown>[] = [];
     const reject = (pair: PairRow, field: string, reason: string) =>
-      rejects.push(['shard', pair.source, pair.source_row, field, reason, JSON.stringify({ pair_id: pair.pair_id, out })]);
+      rejects.push({ stage: 'shard', source: pair.source, source_row: pair.source_row, field, reason, raw: JSON.stringify({ pair_id: pair.pair_id, out }) });
     for (const [i, pair] of pairs.entries()) {
       let prompt: EncodedPrompt;
       try {

@@ -7,6 +7,7 @@ import path from 'node:path';
 import { DuckDBInstance } from '@duckdb/node-api';
 import { tableFromIPC } from 'apache-arrow';
 import { sha256Hex } from '../util/hash.js';
+import { PixelCache } from '../model/images.js';
 import { formatOf, IMAGE_COLUMNS, PAIR_COLUMNS, type ColumnSpec } from './columns.js';
 import { sqlString } from './write.js';
 import { SHARD_SPLITS, type ShardFile, type ShardManifest, type ShardPair, type ShardSet, type ShardSplit } from './types.js';
@@ -165,4 +166,17 @@ async function readParquet(file: string): Promise<{ rows: Row[]; present: string
     connection.closeSync();
     instance.closeSync();
   }
+}
+
+/**
+ * The shard set's images as a pixel cache: the image file is read once, on first use, and each image decoded once
+ * per size. An image a pair names but the set lacks is an error naming it.
+ */
+export function shardPixelCache(set: ShardSet): PixelCache {
+  let bytes: Promise<Map<string, Uint8Array>> | undefined;
+  return new PixelCache(async (imageId) => {
+    const data = (await (bytes ??= set.images())).get(imageId);
+    if (!data) throw new Error(`image ${imageId} is used by a pair but missing from the shard set's images`);
+    return data;
+  });
 }

@@ -7,14 +7,15 @@
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import type { ColumnKind, Store } from '../store/store.js';
+import type { Store } from '../store/store.js';
 import { encodeWithSentences, type Span } from '../segment/align.js';
-import { DEFAULT_REF_BATCH_SIZE, loadReferenceModel, type ReferenceModel } from '../score/perplexity.js';
-import { loadImagePixels, stackImages } from '../train/images.js';
-import { textContext, visualTokenCount, type VisionLanguageModel } from '../train/model.js';
-import { encodePromptResponse } from '../train/sft.js';
-import type { Tokenizer } from '../train/tokenizer.js';
-import { tf } from '../train/backend.js';
+import { DEFAULT_REF_BATCH_SIZE } from '../score/perplexity.js';
+import { loadModel, type LoadedModel } from '../model/checkpoint.js';
+import { PixelCache } from '../model/images.js';
+import { tokenLogProbs } from '../model/logprobs.js';
+import { textContext, visualTokenCount, type VisionLanguageModel } from '../model/model.js';
+import { encodePromptResponse } from '../model/encode.js';
+import type { Tokenizer } from '../model/tokenizer.js';
 import { deriveSeed, Rng } from '../util/random.js';
 import { imagesFileName, SHARD_SET_FILE, shardFileName, type ShardFormat } from './columns.js';
 import { MANIFEST_FILE, readManifest, SHARD_FORMAT_ID, verifyShardSet } from './read.js';
@@ -265,12 +266,14 @@ export async function writeShards(store: Store, options: ShardOptions): Promise<
     // Encode, dropping (or truncating) what does not fit.
     options.onPhase?.('encode', prepared.length);
     const kept: Array<{ prepared: Prepared; encoded: EncodedPair }> = [];
-    const rejects: unknown[][] = [];
+    const rejects: Record<string, unknown>[] = [];
     prepared.forEach((item, i) => {
       const encoded = encodePair(models.tokenizer, item.text, maxLength, resolved.overLength);
       if ('reason' in encoded) {
-        rejects.push(['shard', item.row.source, item.row.source_row, encoded.field, encoded.reason,
-          JSON.stringify({ pair_id: item.row.pair_id, out })]);
+        rejects.push({
+          stage: 'shard', source: item.row.source, source_row: item.row.source_row, field: encoded.field,
+          reason: encoded.reason, raw: JSON.stringify({ pair_id: item.row.pair_id, out }),
+        });
       } else kept.push({ prepared: item, encoded });
       if (i % 256 === 0) options.onProgress?.(i);
     });
@@ -357,7 +360,7 @@ async function chooseSimilarityModel(store: Store, requested: string | undefined
 interface Models {
   tokenizer: Tokenizer;
   tokenizerId: string;
-  ref: ReferenceModel | null;
+  ref: LoadedModel | null;
   /** Text context of each model loaded. */
   contexts: number[];
   visualTokens: number;
@@ -366,11 +369,11 @@ interface Models {
 
 /** Loads the tokenizer checkpoint and the reference model; their tokenizers must be the same. */
 async function loadModels(tokenizerDir: string, refDir: string | undefined): Promise<Models> {
-  const ref = refDir ? await loadReferenceModel(refDir) : null;
+  const ref = refDir ? await loadModel(refDir) : null;
   const sameFolder = refDir !== undefined && path.resolve(refDir) === path.resolve(tokenizerDir);
-  let source: ReferenceModel;
+  let source: LoadedModel;
   try {
-    source = sameFolder ? ref! : await loadReferenceModel(tokenizerDir);
+    source = sameFolder ? ref! : await loadModel(tokenizerDir);
   } catch (error) {
     ref?.model.dispose();
     throw error;
@@ -474,42 +477,26 @@ async function referenceLogProbs(model: VisionLanguageModel, kept: ReadonlyArray
   const pairsPerBatch = Math.floor(batchSize / 2);
   for (let b = 0; b < kept.length; b += pairsPerBatch) {
     const batch = kept.slice(b, b + pairsPerBatch);
-    const pixels = new Map<string, Float32Array>();
-    for (const { prepared } of batch) {
-      const id = prepared.row.image_id;
-      if (id === null || pixels.has(id)) continue;
-      try {
-        pixels.set(id, await loadImagePixels(Buffer.from(imageBytes.get(id)!), model.config.imageSize));
-      } catch (error) {
-        throw new Error(`pair ${prepared.row.pair_id}: image ${id} cannot be decoded for the reference model (${(error as Error).message})`);
+    const pixels = new PixelCache(async (imageId) => imageBytes.get(imageId)!); // per batch: memory stays bounded
+    const rows = (await Promise.all(batch.map(async ({ prepared, encoded }) => {
+      let image: Float32Array | null = null;
+      if (prepared.row.image_id !== null) {
+        try {
+          image = await pixels.get(prepared.row.image_id, model.config.imageSize);
+        } catch (error) {
+          throw new Error(`pair ${prepared.row.pair_id}: image ${prepared.row.image_id} cannot be decoded for the reference model (${(error as Error).message})`);
+        }
       }
-    }
-    const images = batch.flatMap(({ prepared }) => {
-      const image = prepared.row.image_id === null ? null : pixels.get(prepared.row.image_id)!;
-      return [image, image];
-    });
-    const promptIds = batch.flatMap(({ encoded }) => [encoded.promptIds, encoded.promptIds]);
-    const responseIds = batch.flatMap(({ encoded }) => [encoded.chosenIds, encoded.rejectedIds]);
-    const rows = responseTokenLogProbs(model, images, promptIds, responseIds);
-    batch.forEach((_, i) => out.push({ chosen: rows[2 * i]!, rejected: rows[2 * i + 1]! }));
+      return [
+        { promptIds: encoded.promptIds, responseIds: encoded.chosenIds, image },
+        { promptIds: encoded.promptIds, responseIds: encoded.rejectedIds, image },
+      ];
+    }))).flat();
+    const logps = tokenLogProbs(model, rows);
+    batch.forEach((_, i) => out.push({ chosen: Array.from(logps[2 * i]!), rejected: Array.from(logps[2 * i + 1]!) }));
     options.onProgress?.(out.length);
   }
   return out;
-}
-
-/** log p_ref of each response token and of the EOS after it, per row. */
-export function responseTokenLogProbs(model: VisionLanguageModel, images: Array<Float32Array | null>, promptIds: number[][],
-  responseIds: number[][]): number[][] {
-  const imageTensor = images.some(Boolean) ? stackImages(images, model.config.imageSize) : null;
-  try {
-    const { logps, mask } = model.responseLogProbs({ images: imageTensor, hasImage: images.map(Boolean), promptIds, responseIds });
-    const values = logps.dataSync() as Float32Array;
-    const width = logps.shape[1];
-    tf.dispose([logps, mask]);
-    return responseIds.map((ids, i) => Array.from(values.subarray(i * width, i * width + ids.length + 1)));
-  } finally {
-    imageTensor?.dispose();
-  }
 }
 
 /** A temporary file of a shard set's writer: `.<name>.aspo-partial-<pid>` (or `.<name>.<pid>.tmp`, as older runs named them). */
@@ -547,18 +534,11 @@ export async function removeStaleFiles(out: string, keep: Set<string>): Promise<
   }
 }
 
-const REJECT_KINDS: ColumnKind[] = ['varchar', 'varchar', 'bigint', 'varchar', 'varchar', 'varchar'];
-
 /** Replaces the `rejects` rows of earlier shard runs into the same folder with this run's. */
-export async function writeRejects(store: Store, out: string, rows: unknown[][]): Promise<void> {
-  await store.run('CREATE TEMP TABLE IF NOT EXISTS shard_rejects (stage VARCHAR, source VARCHAR, source_row BIGINT, field VARCHAR, reason VARCHAR, raw VARCHAR)');
+export async function writeRejects(store: Store, out: string, rows: Record<string, unknown>[]): Promise<void> {
   await store.transaction(async () => {
-    await store.run('DELETE FROM shard_rejects');
     await store.run(`DELETE FROM rejects WHERE stage = 'shard' AND json_extract_string(raw, '$.out') = $1`, [out]);
     // One row per (source, source_row), the key of `rejects`.
-    const unique = [...new Map(rows.map((row) => [`${row[1]}\u0000${row[2]}`, row])).values()];
-    await store.append('shard_rejects', REJECT_KINDS, unique, true);
-    await store.run(`INSERT INTO rejects (stage, source, source_row, field, reason, raw) SELECT * FROM shard_rejects
-      ON CONFLICT (stage, source, source_row) DO UPDATE SET field = excluded.field, reason = excluded.reason, raw = excluded.raw`);
+    await store.upsert('rejects', [...new Map(rows.map((row) => [`${row.source}\u0000${row.source_row}`, row])).values()]);
   });
 }

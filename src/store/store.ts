@@ -17,6 +17,14 @@ const APPEND: Record<ColumnKind, (appender: DuckDBAppender, value: unknown) => v
   blob: (a, v) => a.appendBlob(v as Uint8Array),
 };
 
+/** DuckDB column types → how the appender writes them (JSON is text to the appender). */
+const KIND_OF_TYPE: Record<string, ColumnKind> = {
+  VARCHAR: 'varchar', JSON: 'varchar', INTEGER: 'integer', BIGINT: 'bigint', DOUBLE: 'double', BOOLEAN: 'boolean', BLOB: 'blob',
+};
+
+/** A table's columns in order with their appender kinds, and its primary key. */
+interface TableShape { columns: { name: string; kind: ColumnKind | undefined }[]; key: string[] }
+
 export interface OpenOptions {
   /** Open without write access; migrations are not applied. */
   readOnly?: boolean;
@@ -38,6 +46,9 @@ export class Store {
     private readonly instance: DuckDBInstance,
     readonly connection: DuckDBConnection,
   ) {}
+
+  private inTransaction = false;
+  private readonly shapes = new Map<string, TableShape>();
 
   static async open(path: string = DEFAULT_DB_PATH, options: OpenOptions = {}): Promise<Store> {
     checkStoreFile(path);
@@ -90,6 +101,7 @@ export class Store {
   /** Runs `work` inside one transaction: all of it lands, or none of it. */
   async transaction<T>(work: () => Promise<T>): Promise<T> {
     await this.run('BEGIN TRANSACTION');
+    this.inTransaction = true;
     try {
       const result = await work();
       await this.run('COMMIT');
@@ -97,7 +109,58 @@ export class Store {
     } catch (error) {
       await this.run('ROLLBACK');
       throw error;
+    } finally {
+      this.inTransaction = false;
     }
+  }
+
+  /**
+   * Inserts `rows` into `table`, and where a row's primary key is already there, updates that row's columns named in
+   * `rows` (other columns keep their values). Rows are objects keyed by column name, every row with the same keys; the
+   * column types and the key come from the table itself, so a caller names each column once. One transaction (or
+   * the caller's, when called inside `transaction`).
+   */
+  async upsert(table: string, rows: readonly Record<string, unknown>[]): Promise<void> {
+    if (!rows.length) return;
+    const shape = await this.shape(table);
+    const names = Object.keys(rows[0]!);
+    for (const name of names) {
+      if (!shape.columns.some((c) => c.name === name)) throw new Error(`upsert into ${table}: no column ${name}`);
+    }
+    for (const name of shape.key) {
+      if (!names.includes(name)) throw new Error(`upsert into ${table}: rows lack the key column ${name}`);
+    }
+    const kinds = shape.columns.map((c) => {
+      if (!names.includes(c.name)) return 'varchar' as const; // appended as NULL, never read
+      if (!c.kind) throw new Error(`upsert into ${table}: column ${c.name} has a type the appender does not write`);
+      return c.kind;
+    });
+    const staging = `upsert_${table}`;
+    await this.run(`CREATE TEMP TABLE IF NOT EXISTS ${staging} AS SELECT * FROM ${table} LIMIT 0`);
+    const quoted = names.map((n) => `"${n}"`).join(', ');
+    const updates = names.filter((n) => !shape.key.includes(n)).map((n) => `"${n}" = excluded."${n}"`);
+    const write = async (): Promise<void> => {
+      await this.run(`DELETE FROM ${staging}`);
+      await this.append(staging, kinds, rows.map((row) => shape.columns.map((c) => row[c.name])), true);
+      await this.run(`INSERT INTO ${table} (${quoted}) SELECT ${quoted} FROM ${staging}` + (shape.key.length === 0 ? ''
+        : ` ON CONFLICT (${shape.key.map((k) => `"${k}"`).join(', ')}) DO ${updates.length ? `UPDATE SET ${updates.join(', ')}` : 'NOTHING'}`));
+    };
+    if (this.inTransaction) await write();
+    else await this.transaction(write);
+  }
+
+  private async shape(table: string): Promise<TableShape> {
+    let shape = this.shapes.get(table);
+    if (!shape) {
+      const columns = await this.all<{ name: string; type: string }>(`SELECT column_name AS name, data_type AS type FROM duckdb_columns()
+        WHERE table_name = $1 AND schema_name = 'main' AND NOT internal ORDER BY column_index`, [table]);
+      if (!columns.length) throw new Error(`upsert: no table ${table}`);
+      const key = await this.one<{ key: string[] }>(`SELECT constraint_column_names AS key FROM duckdb_constraints()
+        WHERE table_name = $1 AND schema_name = 'main' AND constraint_type = 'PRIMARY KEY'`, [table]);
+      shape = { columns: columns.map((c) => ({ name: c.name, kind: KIND_OF_TYPE[c.type] })), key: key?.key ?? [] };
+      this.shapes.set(table, shape);
+    }
+    return shape;
   }
 
   /**

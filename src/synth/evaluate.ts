@@ -3,10 +3,11 @@
  * evaluation image, every sentence judged against the image's true scene.
  */
 import path from 'node:path';
-import { stackImages } from '../train/images.js';
-import type { VisionLanguageModel } from '../train/model.js';
-import { encodePromptResponse, loadImages, readEvalFile } from '../train/sft.js';
-import type { Tokenizer } from '../train/tokenizer.js';
+import { PixelCache, stackImages } from '../model/images.js';
+import type { VisionLanguageModel } from '../model/model.js';
+import { encodePromptResponse } from '../model/encode.js';
+import { readEvalFile } from '../train/sft.js';
+import type { Tokenizer } from '../model/tokenizer.js';
 import { judgeResponse } from './judge.js';
 import { loadScenes } from './synthesize.js';
 
@@ -50,7 +51,7 @@ export async function evaluateGenerations(model: VisionLanguageModel, tokenizer:
     if (!scene) throw new Error(`${path.join(dataDir, 'scenes.jsonl')} has no scene for ${image}`);
     return scene;
   };
-  const pixels = await loadImages(records.map((r) => r.image), model.config.imageSize);
+  const pixels = await new PixelCache().all(records.map((r) => r.image), model.config.imageSize);
   const descriptions: GeneratedDescription[] = [];
   for (let i = 0; i < records.length; i += batchSize) {
     const batch = records.slice(i, i + batchSize);

@@ -9,11 +9,11 @@
 import { existsSync } from 'node:fs';
 import { copyFile, mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { loadModel } from '../train/checkpoint.js';
-import { stackImages } from '../train/images.js';
-import type { VisionLanguageModel } from '../train/model.js';
-import { encodePromptResponse, loadImages } from '../train/sft.js';
-import type { Tokenizer } from '../train/tokenizer.js';
+import { loadModel } from '../model/checkpoint.js';
+import { PixelCache, stackImages } from '../model/images.js';
+import type { VisionLanguageModel } from '../model/model.js';
+import { encodePromptResponse } from '../model/encode.js';
+import type { Tokenizer } from '../model/tokenizer.js';
 import { deriveSeed, Rng } from '../util/random.js';
 import type { Truth } from './claims.js';
 import type { LabelledSpan } from './describe.js';
@@ -306,7 +306,7 @@ export async function onPolicyPairs(options: OnPolicyOptions, hooks: { onImages?
   } else {
     const { model, tokenizer } = await loadModel(options.ref);
     try {
-      const images = await loadImages(prompts.map((p) => path.join(world, p.image)), model.config.imageSize);
+      const images = await new PixelCache().all(prompts.map((p) => path.join(world, p.image)), model.config.imageSize);
       const keyed = new Map(prompts.map((p) => [p.image, images.get(path.join(world, p.image))!]));
       samples = await sampleResponses(model, tokenizer, prompts, keyed, options, (done) => hooks.onImages?.(done, prompts.length));
     } finally {

@@ -3,8 +3,8 @@
  * the gradient of its batch shard (SFT) or preference shard at the weights it was sent.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { initBackend, tf, type BackendName } from './backend.js';
-import { VisionLanguageModel } from './model.js';
+import { initBackend, tf, type BackendName } from '../model/backend.js';
+import { VisionLanguageModel } from '../model/model.js';
 import { preferenceShardGradient } from './preference.js';
 import { shardGradient } from './sft.js';
 import type { GradientRequest, ShardGradient, WorkerSetup } from './parallel.js';

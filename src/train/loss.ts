@@ -1,4 +1,4 @@
-import { tf } from './backend.js';
+import { tf } from '../model/backend.js';
 import {
   perplexityWeightsBackward, rowTotals, sentenceLayout, sentenceWeights, slotSums, type SentenceLayout, type SentenceWeights,
 } from './weights.js';

@@ -3,7 +3,8 @@
  * weight) can be saved and restored exactly — tf.train.adam keeps part of its state
  * in places a checkpoint cannot reach bit-for-bit.
  */
-import { tf } from './backend.js';
+import { tf } from '../model/backend.js';
+import type { OptimizerState } from '../model/checkpoint.js';
 
 export interface AdamWOptions {
   beta1: number;
@@ -16,13 +17,6 @@ export interface AdamWOptions {
 }
 
 export const DEFAULT_ADAMW: AdamWOptions = { beta1: 0.9, beta2: 0.999, epsilon: 1e-8, weightDecay: 0.01, clipNorm: 1 };
-
-export interface OptimizerState {
-  step: number;
-  /** first and second moments by weight name */
-  m: Record<string, Float32Array>;
-  v: Record<string, Float32Array>;
-}
 
 export class AdamW {
   step = 0;

@@ -11,7 +11,7 @@
 import os from 'node:os';
 import { Worker } from 'node:worker_threads';
 import type { AspoLossConfig, LossMetricSums } from './loss.js';
-import type { ModelConfig } from './model.js';
+import type { ModelConfig } from '../model/model.js';
 import type { PreferenceShard } from './preference.js';
 import type { Batch } from './sft.js';
 

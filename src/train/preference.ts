@@ -7,12 +7,12 @@
  * with exactly the weights of an uninterrupted one.
  */
 import path from 'node:path';
-import { tf } from './backend.js';
-import type { Tokenizer } from './tokenizer.js';
-import { textContext, VisionLanguageModel } from './model.js';
-import { AdamW, DEFAULT_ADAMW, type OptimizerState } from './optimizer.js';
-import { loadCheckpoint, saveCheckpoint } from './checkpoint.js';
-import { loadImagePixels, stackImages } from './images.js';
+import { tf } from '../model/backend.js';
+import type { Tokenizer } from '../model/tokenizer.js';
+import { textContext, VisionLanguageModel } from '../model/model.js';
+import { AdamW, DEFAULT_ADAMW } from './optimizer.js';
+import { loadCheckpoint, loadModel, saveCheckpoint, type OptimizerState } from '../model/checkpoint.js';
+import { PixelCache, stackImages } from '../model/images.js';
 import {
   addMetricSums, aspoLoss, buildLayout, lossForward, lossMetrics, lossMetricSums, metricsOfSums,
   type AspoLossConfig, type BatchLayout, type LossInputs, type LossMetrics, type LossValues,
@@ -21,9 +21,9 @@ import { combineShards, evenSlices, GradientWorkers, type ShardGradient } from '
 import { runLoop } from './loop.js';
 import { newRunId, type MetricsSink } from './metrics.js';
 import {
-  batchIndices, encodeProbeRows, learningRate, loadImages, probeAccuracy, readEvalFile, type ProbeRow,
+  batchIndices, encodeProbeRows, learningRate, probeAccuracy, readEvalFile, type ProbeRow,
 } from './sft.js';
-import { loadReferenceModel } from '../score/perplexity.js';
+import { shardPixelCache } from '../shard/read.js';
 import type { ShardPair, ShardSet, ShardSplit } from '../shard/types.js';
 
 export const PREFERENCE_OBJECTIVES = ['dpo', 'aspo'] as const;
@@ -337,7 +337,7 @@ export class PreferenceTrainer {
       throw new Error(`loss.lossType (${options.loss.lossType}) must equal the objective (${options.objective})`);
     }
     await set.verify();
-    const ref = await loadReferenceModel(options.ref);
+    const ref = await loadModel(options.ref);
     try {
       const { manifest } = set;
       if (manifest.tokenizer !== ref.modelId) {
@@ -358,13 +358,13 @@ export class PreferenceTrainer {
       checkSimilarity([...train, ...evalPairs], options.loss);
       const stored = manifest.referenceModel === ref.modelId &&
         [...train, ...evalPairs].every((p) => p.chosenRefLogps && p.rejectedRefLogps);
-      const images = await decodeShardImages(set, [...train, ...evalPairs], ref.model.config.imageSize);
+      const images = await shardPixelCache(set).all([...train, ...evalPairs].map((p) => p.imageId), ref.model.config.imageSize);
       let probeRows: ProbeRow[] | undefined;
       let probeImages = new Map<string, Float32Array>();
       if (options.probes) {
         const examples = await readEvalFile(options.probes);
         probeRows = encodeProbeRows(ref.tokenizer, examples, limit);
-        probeImages = await loadImages(examples.map((e) => e.image), ref.model.config.imageSize);
+        probeImages = await new PixelCache().all(examples.map((e) => e.image), ref.model.config.imageSize);
       }
       const policy = VisionLanguageModel.fromValues(ref.model.config, resume.weights ?? await ref.model.values());
       const optimizer = new AdamW(policy.weights, { ...DEFAULT_ADAMW, weightDecay: options.weightDecay, clipNorm: options.clipNorm });
@@ -494,20 +494,6 @@ export class PreferenceTrainer {
     this.policy.dispose();
     this.reference.dispose();
   }
-}
-
-/** Decodes the images the pairs use, once each, from the shard set's image file. */
-async function decodeShardImages(set: ShardSet, pairs: ShardPair[], size: number): Promise<Map<string, Float32Array>> {
-  const needed = new Set(pairs.map((p) => p.imageId).filter((id): id is string => id !== null));
-  const decoded = new Map<string, Float32Array>();
-  if (needed.size === 0) return decoded;
-  const bytes = await set.images();
-  for (const id of needed) {
-    const data = bytes.get(id);
-    if (!data) throw new Error(`image ${id} is used by a pair but missing from the shard set's images`);
-    decoded.set(id, await loadImagePixels(Buffer.from(data), size));
-  }
-  return decoded;
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -6,12 +6,13 @@
  */
 import { promises as fs, statSync } from 'node:fs';
 import path from 'node:path';
-import { tf } from './backend.js';
-import { Tokenizer } from './tokenizer.js';
-import { DEFAULT_MODEL_CONFIG, textContext, VisionLanguageModel, type ModelConfig } from './model.js';
+import { tf } from '../model/backend.js';
+import { Tokenizer } from '../model/tokenizer.js';
+import { DEFAULT_MODEL_CONFIG, textContext, VisionLanguageModel, type ModelConfig } from '../model/model.js';
 import { AdamW, DEFAULT_ADAMW } from './optimizer.js';
-import { loadCheckpoint, saveCheckpoint } from './checkpoint.js';
-import { loadImagePixels, stackImages } from './images.js';
+import { loadCheckpoint, saveCheckpoint } from '../model/checkpoint.js';
+import { PixelCache, stackImages } from '../model/images.js';
+import { encodePromptResponse } from '../model/encode.js';
 import { deriveSeed, Rng } from '../util/random.js';
 import { newRunId, type MetricsSink } from './metrics.js';
 import { runLoop } from './loop.js';
@@ -155,19 +156,6 @@ export function resolveDataPaths(data: string, evalPath?: string): { train: stri
   return { train, eval: sibling && statSync(sibling, { throwIfNoEntry: false })?.isFile() ? sibling : undefined };
 }
 
-/** Decodes every distinct image once. */
-export async function loadImages(paths: Iterable<string | null>, size: number): Promise<Map<string, Float32Array>> {
-  const images = new Map<string, Float32Array>();
-  const unique = [...new Set([...paths].filter((p): p is string => p !== null))];
-  const chunk = 16;
-  for (let i = 0; i < unique.length; i += chunk) {
-    const part = unique.slice(i, i + chunk);
-    const pixels = await Promise.all(part.map((p) => loadImagePixels(p, size)));
-    part.forEach((p, k) => images.set(p, pixels[k]!));
-  }
-  return images;
-}
-
 // ---------------------------------------------------------------------------------------------------------------
 // Encoded rows and batches
 
@@ -175,22 +163,6 @@ export interface EncodedRow {
   image: string | null;
   promptIds: number[];
   responseIds: number[];
-}
-
-/**
- * Token ids of `prompt + response` encoded as one string (the string the segmenter aligns
- * sentences on), split where the response starts. A token that spans the boundary (a prompt
- * ending mid-word, run straight into the response) cannot be split and is an error.
- */
-export function encodePromptResponse(tokenizer: Tokenizer, prompt: string, response: string): { promptIds: number[]; responseIds: number[] } {
-  const { ids, offsets } = tokenizer.encode(prompt + response);
-  let split = 0;
-  while (split < ids.length && offsets[split]![1] <= prompt.length) split++;
-  if (split < ids.length && offsets[split]![0] < prompt.length) {
-    throw new Error(`prompt ${JSON.stringify(prompt.slice(-20))} runs into the response ${JSON.stringify(response.slice(0, 20))} ` +
-      'inside one token; end the prompt with punctuation or a newline');
-  }
-  return { promptIds: ids.slice(0, split), responseIds: ids.slice(split) };
 }
 
 export interface Batch {
@@ -396,7 +368,7 @@ export class SftTrainer {
     const config: ModelConfig = { ...options.model, vocabSize: tokenizer.vocabSize };
     const model = VisionLanguageModel.init(config, deriveSeed(options.seed, 'init'));
     const optimizer = new AdamW(model.weights, { ...DEFAULT_ADAMW, weightDecay: options.weightDecay, clipNorm: options.clipNorm });
-    const images = await loadImages([...data.train, ...(data.eval ?? [])].map((e) => e.image), config.imageSize);
+    const images = await new PixelCache().all([...data.train, ...(data.eval ?? [])].map((e) => e.image), config.imageSize);
     const rowsPerStep = Math.min(options.batchSize, data.train.length);
     const totalSteps = options.steps ?? options.epochs * Math.floor(data.train.length / rowsPerStep);
     return new SftTrainer(options, model, tokenizer, optimizer, images, data, 0, totalSteps, runId, []);
@@ -412,7 +384,7 @@ export class SftTrainer {
     const model = VisionLanguageModel.fromValues(contents.config, contents.weights);
     const optimizer = new AdamW(model.weights, { ...DEFAULT_ADAMW, weightDecay: options.weightDecay, clipNorm: options.clipNorm });
     optimizer.restore(contents.optimizer);
-    const images = await loadImages([...loaded.train, ...(loaded.eval ?? [])].map((e) => e.image), contents.config.imageSize);
+    const images = await new PixelCache().all([...loaded.train, ...(loaded.eval ?? [])].map((e) => e.image), contents.config.imageSize);
     return new SftTrainer(options, model, contents.tokenizer, optimizer, images, loaded, state.step, state.totalSteps, state.runId, []);
   }
 

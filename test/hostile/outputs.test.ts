@@ -12,9 +12,9 @@ import { tableFromIPC } from 'apache-arrow';
 import { DuckDBInstance } from '@duckdb/node-api';
 import { synthesize } from '../../src/synth/synthesize.js';
 import { withStore } from '../../src/store/store.js';
-import { Tokenizer } from '../../src/train/tokenizer.js';
-import { DEFAULT_MODEL_CONFIG, initialValues, validateModelConfig } from '../../src/train/model.js';
-import { loadCheckpoint, saveCheckpoint } from '../../src/train/checkpoint.js';
+import { Tokenizer } from '../../src/model/tokenizer.js';
+import { DEFAULT_MODEL_CONFIG, initialValues, validateModelConfig } from '../../src/model/model.js';
+import { loadCheckpoint, saveCheckpoint } from '../../src/model/checkpoint.js';
 import { openShardSet } from '../../src/shard/read.js';
 import { CLI, tempDir } from '../support.js';
 

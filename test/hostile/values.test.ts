@@ -7,10 +7,10 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { initBackend } from '../../src/train/backend.js';
-import { loadCheckpoint, saveCheckpoint } from '../../src/train/checkpoint.js';
-import { VisionLanguageModel, type ModelConfig } from '../../src/train/model.js';
-import { Tokenizer } from '../../src/train/tokenizer.js';
+import { initBackend } from '../../src/model/backend.js';
+import { loadCheckpoint, saveCheckpoint } from '../../src/model/checkpoint.js';
+import { VisionLanguageModel, type ModelConfig } from '../../src/model/model.js';
+import { Tokenizer } from '../../src/model/tokenizer.js';
 import { CLI, tempDir } from '../support.js';
 
 before(async () => {

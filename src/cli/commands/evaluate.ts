@@ -1,5 +1,5 @@
-import { initBackend } from '../../train/backend.js';
-import { loadModel } from '../../train/checkpoint.js';
+import { initBackend } from '../../model/backend.js';
+import { loadModel } from '../../model/checkpoint.js';
 import { evaluateGenerations } from '../../synth/evaluate.js';
 import { numberOption, parse, UsageError, type Command } from '../command.js';
 import { backendOption } from '../model-options.js';

@@ -1,11 +1,11 @@
 import { withStore } from '../../store/store.js';
 import { openShardSet } from '../../shard/read.js';
-import { loadReferenceModel, type ReferenceModel } from '../../score/perplexity.js';
+import { loadModel, type LoadedModel } from '../../model/checkpoint.js';
 import {
   DEFAULT_REWARDS_BATCH_SIZE, REWARD_SPLITS, savedLossConfig, writeSentenceRewards, type RewardSplit,
 } from '../../rewards/rewards.js';
 import { DEFAULT_LOSS_CONFIG, LOSS_TYPES, type AspoLossConfig } from '../../train/loss.js';
-import { BACKENDS, initBackend } from '../../train/backend.js';
+import { BACKENDS, initBackend } from '../../model/backend.js';
 import { backendOption, LOSS_FLAGS, lossFromFlags } from '../model-options.js';
 import { Progress } from '../progress.js';
 import { DB_OPTION, numberOption, parse, UsageError, type Command } from '../command.js';
@@ -64,9 +64,9 @@ export const command: Command = {
     });
 
     await initBackend(backend);
-    const load = async (flag: string, dir: string): Promise<ReferenceModel> => {
+    const load = async (flag: string, dir: string): Promise<LoadedModel> => {
       try {
-        return await loadReferenceModel(dir);
+        return await loadModel(dir);
       } catch (error) {
         throw new UsageError(`--${flag}: ${(error as Error).message}`);
       }
@@ -78,7 +78,7 @@ export const command: Command = {
       throw new UsageError(`--shards: ${error.message}`);
     });
     const policy = await load('policy', values.policy!);
-    let ref: ReferenceModel | undefined;
+    let ref: LoadedModel | undefined;
     try {
       ref = await load('ref', values.ref!);
       process.stderr.write(`rewards: policy ${policy.modelId}, reference ${ref.modelId}; loss options ` +

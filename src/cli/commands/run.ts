@@ -2,15 +2,15 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { ingest } from '../../ingest/ingest.js';
 import { savedLossConfig, writeSentenceRewards } from '../../rewards/rewards.js';
-import { loadReferenceModel, scoreReference } from '../../score/perplexity.js';
+import { scoreReference } from '../../score/perplexity.js';
 import { segmentStage } from '../../segment/stage.js';
 import { openShardSet } from '../../shard/read.js';
 import { writeShards } from '../../shard/stage.js';
 import { withStore, type Store } from '../../store/store.js';
 import { evaluateGenerations, type GenerationEval } from '../../synth/evaluate.js';
 import { synthesize } from '../../synth/synthesize.js';
-import { initBackend } from '../../train/backend.js';
-import { hasCheckpoint, loadCheckpoint } from '../../train/checkpoint.js';
+import { initBackend } from '../../model/backend.js';
+import { hasCheckpoint, loadCheckpoint, loadModel } from '../../model/checkpoint.js';
 import { lossConfig } from '../../train/loss.js';
 import { StoreMetrics } from '../../train/metrics.js';
 import { DEFAULT_PREFERENCE_OPTIONS, PreferenceTrainer, runPreference } from '../../train/preference.js';
@@ -69,7 +69,7 @@ async function trainPolicy(store: Store, shards: string, reference: string, prob
 }
 
 async function hallucination(checkpoint: string, data: string, limit: number): Promise<GenerationEval> {
-  const { model, tokenizer } = await loadReferenceModel(checkpoint);
+  const { model, tokenizer } = await loadModel(checkpoint);
   try {
     return await evaluateGenerations(model, tokenizer, data, { limit });
   } finally {
@@ -157,7 +157,7 @@ The default reference is bundled (trained on the default data with the SFT defau
       const segmented = await segmentStage(store);
       log(`segment: ${segmented.pairs} pairs → ${segmented.sentences} sentences (${segmented.alreadyDone} pairs done before)`);
       await trainReference(store, data, reference, count('sft-steps'));
-      const ref = await loadReferenceModel(reference);
+      const ref = await loadModel(reference);
       for (const signal of ['perplexity', 'grounding'] as const) {
         const scored = await scoreReference(store, ref, signal);
         log(`score: ${signal}: ${scored.sentences} sentences of ${scored.responses} responses in ${scored.seconds.toFixed(1)} s`);
@@ -165,7 +165,7 @@ The default reference is bundled (trained on the default data with the SFT defau
       const sharded = await writeShards(store, { out: shards, ref: reference });
       log(`shard: ${sharded.unchanged ? 'unchanged' : 'written'}: ${sharded.counts.train} train + ${sharded.counts.eval} eval pairs → ${path.relative(process.cwd(), shards)}`);
       await trainPolicy(store, shards, reference, path.join(data, 'eval.jsonl'), policy, count('train-steps'));
-      const trainedPolicy = await loadReferenceModel(policy);
+      const trainedPolicy = await loadModel(policy);
       const rewards = await writeSentenceRewards(store, await openShardSet(shards), {
         policy: trainedPolicy, ref, config: await savedLossConfig(policy) ?? lossConfig({ lossType: 'aspo' }),
       });

@@ -4,11 +4,12 @@ import type { ModelRef } from '../../distributed/protocol.js';
 import type { QueueScoreOptions } from '../../distributed/coordinator.js';
 import { ClipEncoder, ClipModelError, type ClipDevice } from '../../score/clip.js';
 import { DEFAULT_COMMIT_SENTENCES, DEFAULT_SCORE_BATCH_SIZE, scoreSimilarity } from '../../score/stage.js';
-import { DEFAULT_REF_BATCH_SIZE, loadReferenceModel, scoreReference, type ReferenceModel, type ReferenceSignal } from '../../score/perplexity.js';
+import { DEFAULT_REF_BATCH_SIZE, scoreReference, type ReferenceSignal } from '../../score/perplexity.js';
+import { loadModel, type LoadedModel } from '../../model/checkpoint.js';
 import { DEFAULT_LM_BATCH_SIZE, LmModelError, loadCausalLm, scoreLm, type CausalLm } from '../../score/lm.js';
 import { DEFAULT_VLM_BATCH_SIZE, DEFAULT_VLM_COMMIT_RESPONSES, VisionLanguageScorer, VLM_DEVICES, VLM_DTYPE_SUFFIX, VLM_FAMILIES, VlmModelError,
   scoreVlm, type VlmDevice, type VlmDtype, type VlmScoreSummary } from '../../score/vlm.js';
-import { initBackend } from '../../train/backend.js';
+import { initBackend } from '../../model/backend.js';
 import { Progress } from '../progress.js';
 import { DB_OPTION, JSON_OPTION, numberOption, parse, printJson, UsageError, type Command } from '../command.js';
 import { backendOption } from '../model-options.js';
@@ -123,11 +124,11 @@ export const command: Command = {
       return 0;
     }
 
-    let ref: ReferenceModel | undefined;
+    let ref: LoadedModel | undefined;
     if (values.ref) {
       await initBackend(backend);
       try {
-        ref = await loadReferenceModel(values.ref);
+        ref = await loadModel(values.ref);
       } catch (error) {
         throw new UsageError(`--ref: ${(error as Error).message}`);
       }
@@ -230,12 +231,11 @@ async function coordinate(store: Store, location: QueueLocation, model: ModelRef
   return s;
 }
 
-async function scoreWithReference(store: Store, ref: ReferenceModel, signal: ReferenceSignal, batchSize: number): Promise<object> {
+async function scoreWithReference(store: Store, ref: LoadedModel, signal: ReferenceSignal, batchSize: number): Promise<object> {
   const progress = new Progress({ label: signal === 'grounding' ? 'grounding' : 'perplexity', unit: 'responses' });
   const s = await scoreReference(store, ref, signal, {
     batchSize,
-    onStart: ({ pendingResponses }) => progress.setTotal(pendingResponses),
-    onBatch: ({ responses }) => progress.at(responses),
+    onProgress: progress.report,
   });
   const rate = s.sentences / Math.max(s.seconds, 1e-9);
   progress.done(`${s.sentences} sentences of ${s.responses} responses scored with ${s.model} in ` +
@@ -250,8 +250,7 @@ async function scoreWithLm(store: Store, lm: CausalLm, batchSize: number): Promi
   const progress = new Progress({ label: 'perplexity', unit: 'responses' });
   const s = await scoreLm(store, lm, {
     batchSize,
-    onStart: ({ pendingResponses }) => progress.setTotal(pendingResponses),
-    onBatch: ({ responses }) => progress.at(responses),
+    onProgress: progress.report,
   });
   const rate = s.sentences / Math.max(s.seconds, 1e-9);
   progress.done(`${s.sentences} sentences of ${s.responses} responses scored with ${s.model} in ${s.seconds.toFixed(1)} s ` +

@@ -7,7 +7,7 @@ import {
 import { DEFAULT_REF_BATCH_SIZE } from '../../score/perplexity.js';
 import { writeModelShards } from '../../shard/model-shards.js';
 import { DEFAULT_VLM_BATCH_SIZE, VLM_DEVICES, VLM_DTYPE_SUFFIX, VlmModelError, type VlmDevice, type VlmDtype } from '../../score/vlm.js';
-import { initBackend } from '../../train/backend.js';
+import { initBackend } from '../../model/backend.js';
 import { backendOption } from '../model-options.js';
 import { Progress } from '../progress.js';
 import { DB_OPTION, JSON_OPTION, numberOption, parse, printJson, UsageError, type Command } from '../command.js';

@@ -1,6 +1,6 @@
 import { resolveSynthOptions, synthesize, SYNTH_DEFAULTS, SynthOptionError, type SynthOptions } from '../../synth/synthesize.js';
 import { ON_POLICY_DEFAULTS, onPolicyPairs } from '../../synth/on-policy.js';
-import { initBackend } from '../../train/backend.js';
+import { initBackend } from '../../model/backend.js';
 import { backendOption } from '../model-options.js';
 import { numberOption, parse, UsageError, type Command } from '../command.js';
 import { Progress } from '../progress.js';

@@ -1,9 +1,9 @@
 import { Progress } from '../progress.js';
 import { DB_OPTION, JSON_OPTION, numberOption, parse, printJson, UsageError, type Command, type Options } from '../command.js';
 import { withStore } from '../../store/store.js';
-import { BACKENDS, initBackend } from '../../train/backend.js';
+import { BACKENDS, initBackend } from '../../model/backend.js';
 import { backendOption, lossFromFlags } from '../model-options.js';
-import { hasCheckpoint } from '../../train/checkpoint.js';
+import { hasCheckpoint } from '../../model/checkpoint.js';
 import { StoreMetrics } from '../../train/metrics.js';
 import { DEFAULT_SFT_OPTIONS, readSftData, runSft, SftTrainer, type SftOptions } from '../../train/sft.js';
 import { autoWorkers } from '../../train/parallel.js';

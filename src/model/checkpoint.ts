@@ -20,9 +20,16 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { Tokenizer, type TokenizerJSON } from './tokenizer.js';
 import { parameterShapes, validateModelConfig, VisionLanguageModel, type ModelConfig } from './model.js';
-import type { OptimizerState } from './optimizer.js';
 
 export const CHECKPOINT_FORMAT = 'aspo-vlm-checkpoint/1';
+
+/** AdamW's state as a checkpoint stores it (optimizer.bin and trainer.json's optimizer_step). */
+export interface OptimizerState {
+  step: number;
+  /** first and second moments by weight name */
+  m: Record<string, Float32Array>;
+  v: Record<string, Float32Array>;
+}
 
 export interface CheckpointContents {
   config: ModelConfig;
@@ -197,8 +204,51 @@ export async function loadCheckpoint(dir: string): Promise<CheckpointContents> {
   return contents;
 }
 
-/** Loads the model (and tokenizer) of a checkpoint, e.g. the SFT reference for preference training. */
-export async function loadModel(dir: string): Promise<{ model: VisionLanguageModel; tokenizer: Tokenizer; contents: CheckpointContents }> {
+/** A model ready to run: the reference, a policy, or any checkpoint, with the id its outputs are stored under. */
+export interface LoadedModel {
+  model: VisionLanguageModel;
+  tokenizer: Tokenizer;
+  /** Folder name @ first 16 hex digits of the sha256 over the config, tokenizer and weights digests of the manifest. */
+  modelId: string;
+}
+
+/**
+ * The id of a checkpoint's model in the store (`ppl_model`, `policy_model`, …): it changes whenever the config,
+ * tokenizer or weights do, and not when only the optimizer or trainer state does.
+ */
+export function checkpointModelId(dir: string, manifestFiles: Record<string, string>): string {
+  const digest = sha256Hex(['config.json', 'tokenizer.json', 'weights.json', 'weights.bin']
+    .map((f) => `${f}:${manifestFiles[f]}`).join('\n'));
+  return `${path.basename(path.resolve(dir))}@${digest.slice(0, 16)}`;
+}
+
+/** Loads the model and tokenizer of a checkpoint folder (verified against its manifest) with its model id. */
+export async function loadModel(dir: string): Promise<LoadedModel> {
   const contents = await loadCheckpoint(dir);
-  return { model: VisionLanguageModel.fromValues(contents.config, contents.weights), tokenizer: contents.tokenizer, contents };
+  const manifest = JSON.parse(await fs.readFile(path.join(dir, 'manifest.json'), 'utf8')) as Manifest;
+  return {
+    model: VisionLanguageModel.fromValues(contents.config, contents.weights),
+    tokenizer: contents.tokenizer,
+    modelId: checkpointModelId(dir, manifest.files),
+  };
+}
+
+/**
+ * The trainer state a checkpoint was saved with (trainer.json without the optimizer step), or undefined when it holds
+ * none (saved without an optimizer, e.g. an exported model). Read without loading the weights.
+ */
+export async function readTrainerState(dir: string): Promise<Record<string, unknown> | undefined> {
+  const file = path.join(dir, 'trainer.json');
+  let text: string;
+  try {
+    text = await fs.readFile(file, 'utf8');
+  } catch {
+    return undefined;
+  }
+  try {
+    const { optimizer_step: _step, ...state } = JSON.parse(text) as Record<string, unknown>;
+    return state;
+  } catch {
+    throw new Error(`${file} is not JSON`);
+  }
 }

@@ -1,0 +1,54 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { folderGraph, importCycles, importGraph, runtimeImports } from './import-graph.js';
+import { ROOT, tempDir } from './support.js';
+
+test('runtimeImports keeps value imports, re-exports and dynamic imports, and drops type-only ones', () => {
+  const source = [
+    "import { a } from './a.js';",
+    "import type { B } from './b.js';",
+    "import { type C, type D } from './c.js';",
+    "import { type E, f } from './e.js';",
+    "import def, { type G } from './g.js';",
+    "export { h } from './h.js';",
+    "export type { I } from './i.js';",
+    "import './side-effect.js';",
+    "import {\n  j,\n  k,\n} from '../j.js';",
+    "import { readFileSync } from 'node:fs';",
+    "const lazy = async () => (await import('./lazy.js')).x;",
+  ].join('\n');
+  assert.deepEqual(runtimeImports(source), ['./a.js', './e.js', './g.js', './h.js', './side-effect.js', '../j.js', './lazy.js']);
+});
+
+test('importCycles finds a cycle across folders and leaves an acyclic chain alone', () => {
+  const dir = tempDir();
+  const write = (file: string, text: string): void => {
+    mkdirSync(path.dirname(path.join(dir, file)), { recursive: true });
+    writeFileSync(path.join(dir, file), text);
+  };
+  write('a/one.ts', "import { two } from '../b/two.js';\nexport const one = two;\n");
+  write('b/two.ts', "import { three } from './three.js';\nexport const two = three;\n");
+  write('b/three.ts', "import type { One } from '../a/one.js';\nexport const three = 3;\n");
+  write('c/four.ts', "import { five } from './five.js';\nexport const four = five;\n");
+  write('c/five.ts', "import { four } from './four.js';\nexport const five = () => four;\n");
+  assert.deepEqual(importCycles(importGraph(dir)), [['c/five.ts', 'c/four.ts']]);
+  write('b/three.ts', "import { one } from '../a/one.js';\nexport const three = () => one;\n");
+  assert.deepEqual(importCycles(importGraph(dir)), [['a/one.ts', 'b/three.ts', 'b/two.ts'], ['c/five.ts', 'c/four.ts']]);
+});
+
+const SRC = importGraph(path.join(ROOT, 'src'));
+
+test('src/ has no import cycles, between modules or between folders', () => {
+  assert.deepEqual(importCycles(SRC), []);
+  assert.deepEqual(importCycles(folderGraph(SRC)), []);
+});
+
+test('the shared packages (model/, util/) import no stage', () => {
+  const folders = folderGraph(SRC);
+  for (const shared of ['model', 'util']) {
+    const allowed = new Set(['util']);
+    assert.deepEqual([...folders.get(shared)!].filter((f) => !allowed.has(f)), [], `${shared}/ imports a stage`);
+  }
+});
