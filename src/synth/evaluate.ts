@@ -10,6 +10,7 @@ import { readEvalFile } from '../train/sft.js';
 import type { Tokenizer } from '../model/tokenizer.js';
 import { judgeResponse } from './judge.js';
 import { loadScenes } from './synthesize.js';
+import type { Scene } from './world.js';
 
 export interface GeneratedDescription {
   image: string;
@@ -52,7 +53,7 @@ export async function evaluateGenerations(model: VisionLanguageModel, tokenizer:
     return scene;
   };
   const pixels = await new PixelCache().all(records.map((r) => r.image), model.config.imageSize);
-  const descriptions: GeneratedDescription[] = [];
+  const generated: { image: string; prompt: string; text: string }[] = [];
   for (let i = 0; i < records.length; i += batchSize) {
     const batch = records.slice(i, i + batchSize);
     const images = stackImages(batch.map((r) => pixels.get(r.image!)!), model.config.imageSize);
@@ -60,13 +61,19 @@ export async function evaluateGenerations(model: VisionLanguageModel, tokenizer:
       images, promptIds: batch.map((r) => encodePromptResponse(tokenizer, r.prompt, '').promptIds), maxTokens,
     });
     images.dispose();
-    batch.forEach((record, k) => {
-      const text = tokenizer.decode(outputs[k]!);
-      const judged = judgeResponse(text, sceneOf(record.image!)).sentences;
-      const count = (truth: string) => judged.filter((s) => s.truth === truth).length;
-      descriptions.push({ image: record.image!, prompt: record.prompt, text, true: count('true'), false: count('false'), unknown: count('unknown') });
-    });
+    batch.forEach((record, k) => generated.push({ image: record.image!, prompt: record.prompt, text: tokenizer.decode(outputs[k]!) }));
   }
+  return judgeDescriptions(generated, sceneOf);
+}
+
+/** Descriptions judged sentence by sentence against their image's scene, with the rates over all of them. Pure. */
+export function judgeDescriptions(generated: readonly { image: string; prompt: string; text: string }[],
+  sceneOf: (image: string) => Scene): GenerationEval {
+  const descriptions = generated.map(({ image, prompt, text }): GeneratedDescription => {
+    const judged = judgeResponse(text, sceneOf(image)).sentences;
+    const count = (truth: string) => judged.filter((s) => s.truth === truth).length;
+    return { image, prompt, text, true: count('true'), false: count('false'), unknown: count('unknown') };
+  });
   const sum = (pick: (d: GeneratedDescription) => number) => descriptions.reduce((n, d) => n + pick(d), 0);
   const judged = sum((d) => d.true + d.false);
   const sentences = judged + sum((d) => d.unknown);
