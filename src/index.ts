@@ -37,7 +37,7 @@ export { TRAIN_SCHEMA } from './train/schema.js';
 export { ClipEncoder, ClipModelError, CLIP_MODEL_FILES, decodeRawImage, fitToContext, normalizeRows, onnxRuntimeHasCuda, type ClipDevice, type ClipLoadOptions, type TextBatch, type PreprocessedImages } from './score/clip.js';
 export { scoreSimilarity, scoreStore, localSimilarities, DEFAULT_SCORE_BATCH_SIZE, DEFAULT_COMMIT_SENTENCES, type ScoreOptions, type ScoreSummary, type SimilarityExecutor } from './score/stage.js';
 export { SCORE_SCHEMA } from './score/schema.js';
-export { scoreReference, referenceScorer, sentenceLogProbs, perplexity, groundingGain, DEFAULT_REF_BATCH_SIZE, type ReferenceSignal, type SentenceLogProb } from './score/perplexity.js';
+export { scoreReference, referenceScorer, sentenceLogProbs, perplexity, groundingGain, type ReferenceSignal, type SentenceLogProb } from './score/perplexity.js';
 export { scoreResponses, SIGNAL_MODEL_COLUMN, type ResponseScorer, type ScoreBatch, type ResponseToScore, type ScoredBatch, type ScoreExecutor, type ScoreResponsesOptions, type ResponseScoreSummary, type ScoreSignal, type SentenceScoreRow, type SentenceSpan, type SkipReason } from './score/scorer.js';
 export { loadCausalLm, scoreLm, lmScorer, rowTokenLogProbs, contextLength, LmModelError, LM_MODEL_FILES, DEFAULT_LM_BATCH_SIZE, type CausalLm } from './score/lm.js';
 export { isLocalModel, checkModelFolder, modelId } from './model/hf-folder.js';

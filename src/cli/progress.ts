@@ -71,6 +71,11 @@ export class Progress {
     this.stream.write(`\r${line.slice(0, (this.stream.columns || 100) - 1)}\x1b[K`);
   }
 
+  /** Clears the bar (on a TTY), so that a log line can follow. */
+  clear(): void {
+    if (this.interactive) this.stream.write('\r\x1b[K');
+  }
+
   /** Clears the bar and prints the summary line. */
   done(summary: string): void {
     if (this.interactive) this.stream.write('\r\x1b[K');

@@ -431,3 +431,11 @@ async function writeBatch(run: Run, source: string, format: string, ready: Ready
   }
   return { pairs: fresh.length, images: newImages.length };
 }
+
+/** The one-line account of an ingest run that the CLI and the pipeline log. */
+export function formatIngestSummary(s: IngestSummary): string {
+  const extras = [s.ties ? `${s.ties} rating ties dropped` : '', s.imagesDropped ? `${s.imagesDropped} images missing (kept text-only)` : '']
+    .filter(Boolean).join(', ');
+  return `read ${s.read}, ingested ${s.ingested}, duplicates ${s.duplicates}, rejected ${s.rejected}, ` +
+    `new images ${s.newImages}${extras ? `, ${extras}` : ''}, ${s.seconds.toFixed(1)} s`;
+}

@@ -3,6 +3,9 @@ import { tf } from './backend.js';
 import { stackImages } from './images.js';
 import type { VisionLanguageModel } from './model.js';
 
+/** Responses per model call when scoring or sharding with the toolkit's model (memory grows with it). */
+export const DEFAULT_REF_BATCH_SIZE = 16;
+
 /** One response to run: its image's model input (null: none), prompt ids and response ids. */
 export interface TokenRow {
   promptIds: number[];

@@ -8,7 +8,7 @@ import type { Store } from '../store/store.js';
 import { alignTokens } from '../segment/align.js';
 import type { LoadedModel } from '../model/checkpoint.js';
 import { PixelCache } from '../model/images.js';
-import { tokenLogProbs } from '../model/logprobs.js';
+import { DEFAULT_REF_BATCH_SIZE, tokenLogProbs } from '../model/logprobs.js';
 import { textContext } from '../model/model.js';
 import { encodePromptResponse } from '../model/encode.js';
 import {
@@ -16,7 +16,6 @@ import {
   type SentenceScoreRow,
 } from './scorer.js';
 
-export const DEFAULT_REF_BATCH_SIZE = 16;
 
 /** Which signal a run writes: `perplexity` fills ppl/ref_logp_sum/n_tokens/ppl_model; `grounding` the similarity. */
 export type ReferenceSignal = 'perplexity' | 'grounding';

@@ -1,4 +1,4 @@
-import { checkInputFiles, DEFAULT_BATCH_SIZE, DEFAULT_COMMIT_ROWS, ingest, type IngestSummary } from '../../ingest/ingest.js';
+import { checkInputFiles, DEFAULT_BATCH_SIZE, DEFAULT_COMMIT_ROWS, formatIngestSummary, ingest, type IngestSummary } from '../../ingest/ingest.js';
 import { FILE_FORMATS, type FileFormat } from '../../ingest/readers.js';
 import { ROW_LAYOUTS, type RowLayout } from '../../ingest/rows.js';
 import { existsSync, rmSync } from 'node:fs';
@@ -75,7 +75,7 @@ Rejected rows are kept in the rejects table with the reason:
       if (removeStore) for (const file of [values.db, `${values.db}.wal`]) rmSync(file, { force: true });
       throw error;
     });
-    progress.done(formatSummary(summary));
+    progress.done(formatIngestSummary(summary));
     if (summary.rejected) {
       process.stderr.write(`ingest: ${summary.rejected} row(s) rejected; see them with: aspo query "SELECT source, source_row, field, reason FROM rejects" --db ${values.db}\n`);
     }
@@ -87,11 +87,4 @@ Rejected rows are kept in the rejects table with the reason:
 /** Whether a store holds nothing an ingest wrote (no pair, no reject). */
 async function holdsNothing(store: Store): Promise<boolean> {
   return Number(await store.scalar('SELECT (SELECT count(*) FROM pairs) + (SELECT count(*) FROM rejects)')) === 0;
-}
-
-export function formatSummary(s: IngestSummary): string {
-  const extras = [s.ties ? `${s.ties} rating ties dropped` : '', s.imagesDropped ? `${s.imagesDropped} images missing (kept text-only)` : '']
-    .filter(Boolean).join(', ');
-  return `read ${s.read}, ingested ${s.ingested}, duplicates ${s.duplicates}, rejected ${s.rejected}, ` +
-    `new images ${s.newImages}${extras ? `, ${extras}` : ''}, ${s.seconds.toFixed(1)} s`;
 }

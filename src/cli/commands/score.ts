@@ -4,7 +4,8 @@ import type { ModelRef } from '../../distributed/protocol.js';
 import type { QueueScoreOptions } from '../../distributed/coordinator.js';
 import { ClipEncoder, ClipModelError, type ClipDevice } from '../../score/clip.js';
 import { DEFAULT_COMMIT_SENTENCES, DEFAULT_SCORE_BATCH_SIZE, scoreSimilarity } from '../../score/stage.js';
-import { DEFAULT_REF_BATCH_SIZE, scoreReference, type ReferenceSignal } from '../../score/perplexity.js';
+import { scoreReference, type ReferenceSignal } from '../../score/perplexity.js';
+import { DEFAULT_REF_BATCH_SIZE } from '../../model/logprobs.js';
 import { loadModel, type LoadedModel } from '../../model/checkpoint.js';
 import { DEFAULT_LM_BATCH_SIZE, LmModelError, loadCausalLm, scoreLm, type CausalLm } from '../../score/lm.js';
 import { DEFAULT_VLM_BATCH_SIZE, DEFAULT_VLM_COMMIT_RESPONSES, VisionLanguageScorer, VLM_DEVICES, VLM_DTYPE_SUFFIX, VLM_FAMILIES, VlmModelError,

@@ -4,7 +4,7 @@ import {
   DEFAULT_EVAL_FRACTION, DEFAULT_PAIRS_PER_SHARD, OVER_LENGTH_POLICIES, SPLIT_BY, ShardInputError, writeShards,
   type OverLength, type SplitBy,
 } from '../../shard/stage.js';
-import { DEFAULT_REF_BATCH_SIZE } from '../../score/perplexity.js';
+import { DEFAULT_REF_BATCH_SIZE } from '../../model/logprobs.js';
 import { writeModelShards } from '../../shard/model-shards.js';
 import { DEFAULT_VLM_BATCH_SIZE, VLM_DEVICES, VLM_DTYPE_SUFFIX, VlmModelError, type VlmDevice, type VlmDtype } from '../../score/vlm.js';
 import { initBackend } from '../../model/backend.js';
