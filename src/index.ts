@@ -1,52 +1,92 @@
-export { Store, withStore, DEFAULT_DB_PATH, type ColumnKind, type OpenOptions } from './store/store.js';
+// The public API of aspo-toolkit: one block per stage, in pipeline order (see README "The library" and
+// docs/architecture.md). Internals (helpers, SQL, SVG, tensor plumbing) stay in their modules.
+
+// The store: one DuckDB file every stage reads and writes.
+export { Store, withStore, DEFAULT_DB_PATH, type OpenOptions } from './store/store.js';
 export { checkReadOnlySql, ReadOnlySqlError } from './store/read-only-sql.js';
 export { StagedOutput, OutputError, writeFileAtomic, type OutputOptions } from './util/safe-output.js';
-export { MIGRATIONS, SCHEMA_VERSION, type Migration } from './store/migrations.js';
-export { ingest, pairId, DEFAULT_BATCH_SIZE, type IngestOptions, type IngestSummary, type ProgressEvent } from './ingest/ingest.js';
-export { readRow, detectLayout, removeSpans, stripImageTokens, RowError, ROW_LAYOUTS, type RowLayout, type RawPair, type SpanLabel, type ImageRef } from './ingest/rows.js';
-export { decodeImage, resolveInside, ImageError, type StoredImage } from './ingest/images.js';
-export { FILE_FORMATS, detectFileFormat, type FileFormat } from './ingest/readers.js';
+
+// The whole job behind `npm start`.
+export {
+  runPipeline, PIPELINE_DEFAULTS, DEFAULT_DATASET, DEFAULT_REFERENCE, DEFAULT_OUTPUT,
+  type PipelineOptions, type PipelineResult,
+} from './pipeline/pipeline.js';
+export type { StageProgress, OnProgress } from './util/progress.js';
+
+// Ingest: datasets into pairs, images and rejects.
+export { ingest, pairId, type IngestOptions, type IngestSummary } from './ingest/ingest.js';
+export { FILE_FORMATS, type FileFormat } from './ingest/readers.js';
+export { ROW_LAYOUTS, type RowLayout } from './ingest/rows.js';
+
+// Segment: sentences with offsets, chosen/rejected alignment.
 export { segment, type Sentence } from './segment/segment.js';
-export { alignTokens, sentenceTokenSpans, encodeWithSentences, hfOffsetTokenizer, loadHfOffsetTokenizer, type OffsetTokenizer, type SentenceEncoding } from './segment/align.js';
-export { diffSentences, sentenceKey, diceSimilarity, type SentenceDiff, type SentenceMatch, type Similarity } from './segment/diff.js';
-export { segmentLine, segmentJsonLines, type SegmentedLine } from './segment/jsonl.js';
 export { segmentStage, pairSentenceRows, type SegmentStageOptions, type SegmentStageResult, type SentenceRow } from './segment/stage.js';
-export { synthesize, loadScenes, resolveSynthOptions, SYNTH_DEFAULTS, SYNTH_VERSION, type SynthOptions, type SynthSummary, type SceneRecord } from './synth/synthesize.js';
-export { onPolicyPairs, sampleResponses, formPairs, choosePair, corruptLabels, readJudgements, readSamples, ON_POLICY_DEFAULTS, type OnPolicyOptions, type OnPolicyPair, type OnPolicySummary, type Sample as OnPolicySample, type JudgedSample } from './synth/on-policy.js';
-export { judgeSentence, judgeResponse, splitResponse, type ResponseJudgement } from './synth/judge.js';
-export { planDataset, type PairRecord as SynthPairRecord, type SftRecord, type EvalRecord, type Probe } from './synth/dataset.js';
-export { evaluateClaim, trueClaims, hallucinate, type Claim, type Truth } from './synth/claims.js';
-export { parseSentence, renderClaim, TEMPLATES } from './synth/templates.js';
-export { renderScene, sceneToSvg } from './synth/render.js';
-export { sampleScene, corruptScene, type Scene, type SceneObject } from './synth/world.js';
-export { Rng, deriveSeed } from './util/random.js';
-export { aspoLoss, lossForward, lossGradients, buildLayout, lossConfig, lossMetrics, lossMetricSums, addMetricSums, metricsOfSums, packPairs, withPolicyTensors, checkPair, DEFAULT_LOSS_CONFIG, type AspoLossConfig, type AspoLossOutput, type BatchLayout, type ChosenWeighting, type LossArrays, type LossGradients, type LossInputs, type LossValues, type PreferenceBatch, type PairArrays, type LossMetrics, type LossMetricSums } from './train/loss.js';
-export { sentenceLayout, type SentenceLayout, type SentenceWeights } from './train/weights.js';
-export { parseLossCase, evaluateLossCase, type LossCase, type LossCaseEvaluation } from './train/loss-case.js';
+export { diffSentences, diceSimilarity, sentenceKey, type SentenceDiff, type SentenceMatch, type Similarity } from './segment/diff.js';
+
+// The model package: model, tokenizer, checkpoints, images, log-probs, backend.
+export { VisionLanguageModel, DEFAULT_MODEL_CONFIG, type ModelConfig, type GenerateOptions } from './model/model.js';
+export { Tokenizer } from './model/tokenizer.js';
+export { encodePromptResponse } from './model/encode.js';
+export {
+  loadModel, saveCheckpoint, loadCheckpoint, hasCheckpoint, checkpointModelId,
+  type LoadedModel, type CheckpointContents,
+} from './model/checkpoint.js';
+export { PixelCache, loadImagePixels } from './model/images.js';
+export { tokenLogProbs, type TokenRow } from './model/logprobs.js';
 export { initBackend, BACKENDS, type BackendName } from './model/backend.js';
-export { Tokenizer, SPECIAL_TOKENS, PAD_ID, BOS_ID, EOS_ID, UNK_ID, type Encoding, type TokenizerJSON } from './model/tokenizer.js';
-export { VisionLanguageModel, DEFAULT_MODEL_CONFIG, validateModelConfig, visualTokenCount, textContext, layoutBatch, type ModelConfig, type ResponseBatch, type ResponseLogProbs, type GenerateOptions } from './model/model.js';
-export { AdamW, DEFAULT_ADAMW, type AdamWOptions } from './train/optimizer.js';
-export { saveCheckpoint, loadCheckpoint, loadModel, hasCheckpoint, checkpointModelId, CHECKPOINT_FORMAT, type CheckpointContents, type LoadedModel, type OptimizerState } from './model/checkpoint.js';
-export { loadImagePixels, pixelsToInput, stackImages } from './model/images.js';
-export { SftTrainer, runSft, readSftData, readSftFile, readEvalFile, sftLoss, DEFAULT_SFT_OPTIONS, type SftOptions, type SftExample, type EvalExample, type SftResult, type EvalStats, type StepStats } from './train/sft.js';
-export { PreferenceTrainer, runPreference, collatePairs, preferenceShardGradient, DEFAULT_PREFERENCE_OPTIONS, PREFERENCE_OBJECTIVES, type PreferenceOptions, type PreferenceObjective, type PreferenceResult, type PreferenceEvalStats, type PreferenceStepStats, type RefSource, type PreferenceShard } from './train/preference.js';
-export { GradientWorkers, autoWorkers, shardBatch, evenSlices, combineShards, type ShardGradient } from './train/parallel.js';
-export { StoreMetrics, MemoryMetrics, newRunId, type MetricsSink, type RunInfo } from './train/metrics.js';
-export { TRAIN_SCHEMA } from './train/schema.js';
-export { ClipEncoder, ClipModelError, CLIP_MODEL_FILES, decodeRawImage, fitToContext, normalizeRows, onnxRuntimeHasCuda, type ClipDevice, type ClipLoadOptions, type TextBatch, type PreprocessedImages } from './score/clip.js';
-export { scoreSimilarity, scoreStore, localSimilarities, DEFAULT_SCORE_BATCH_SIZE, DEFAULT_COMMIT_SENTENCES, type ScoreOptions, type ScoreSummary, type SimilarityExecutor } from './score/stage.js';
-export { SCORE_SCHEMA } from './score/schema.js';
-export { scoreReference, referenceScorer, sentenceLogProbs, perplexity, groundingGain, type ReferenceSignal, type SentenceLogProb } from './score/perplexity.js';
-export { scoreResponses, SIGNAL_MODEL_COLUMN, type ResponseScorer, type ScoreBatch, type ResponseToScore, type ScoredBatch, type ScoreExecutor, type ScoreResponsesOptions, type ResponseScoreSummary, type ScoreSignal, type SentenceScoreRow, type SentenceSpan, type SkipReason } from './score/scorer.js';
-export { loadCausalLm, scoreLm, lmScorer, rowTokenLogProbs, contextLength, LmModelError, LM_MODEL_FILES, DEFAULT_LM_BATCH_SIZE, type CausalLm } from './score/lm.js';
-export { isLocalModel, checkModelFolder, modelId } from './model/hf-folder.js';
+
+// Score: per-sentence signals, and the scorer interface new scorers plug into.
+export {
+  scoreResponses, SIGNAL_MODEL_COLUMN,
+  type ResponseScorer, type ScoreBatch, type ScoredBatch, type ScoreExecutor, type ScoreResponsesOptions,
+  type ResponseScoreSummary, type ResponseToScore, type ScoreSignal, type SentenceScoreRow, type SentenceSpan,
+} from './score/scorer.js';
+export { referenceScorer, scoreReference, type ReferenceSignal } from './score/perplexity.js';
+export { lmScorer, scoreLm, loadCausalLm, type CausalLm } from './score/lm.js';
+export { ClipEncoder, type ClipDevice, type ClipLoadOptions } from './score/clip.js';
+export { scoreSimilarity, type ScoreOptions, type ScoreSummary } from './score/stage.js';
+export {
+  VisionLanguageScorer, scoreVlm, VlmModelError, VLM_FAMILIES,
+  type VlmDevice, type VlmDtype, type VlmLoadOptions, type VlmScoreOptions, type VlmScoreSummary,
+} from './score/vlm.js';
+
+// Distributed scoring: a BullMQ queue of workers (docs/distributed.md).
 export { scoreThroughQueue, type QueueScoreOptions, type QueueScoreSummary } from './distributed/coordinator.js';
 export { startWorker, type WorkerOptions, type RunningWorker } from './distributed/worker.js';
-export { queueLocation, redactUrl, type QueueLocation } from './distributed/connection.js';
 export { queueStatus, clearQueue } from './distributed/queue.js';
-export { VisionLanguageScorer, scoreVlm, vlmModelFiles, VlmModelError, VLM_DEVICES, VLM_DTYPE_SUFFIX, VLM_FAMILIES, DEFAULT_VLM_BATCH_SIZE, DEFAULT_VLM_COMMIT_RESPONSES, type VlmDevice, type VlmDtype, type VlmLoadOptions, type VlmScoreOptions, type VlmScoreSummary, type EncodedPrompt, type EncodedResponse, type ForwardRow, type VisionInputs } from './score/vlm.js';
-export { sentenceRewards, writeSentenceRewards, savedLossConfig, DEFAULT_REWARDS_BATCH_SIZE, REWARD_SPLITS, type RewardSplit, type PairLogProbs, type SideLogProbs, type SentenceReward, type RewardsOptions, type RewardsSummary } from './rewards/rewards.js';
-export { buildReport, writeReport, checkReportOptions, NEGATIVE_LABELS, CURVES, REPORT_DEFAULTS, type Report, type ReportOptions } from './report/report.js'; export { histogram, auroc, rocCurve, niceTicks, quantile, type Histogram, type HistogramOptions } from './report/stats.js'; export { histogramSvg, lineChartSvg, rocSvg, escapeXml, type Series, type LineChartOptions, type RocSeries } from './report/charts.js';
-export { openShardSet, readManifest, verifyShardSet, MANIFEST_FILE, SHARD_FORMAT_ID } from './shard/read.js'; export { ShardWriter, writeShardFile, writeImagesFile, writeManifest } from './shard/write.js'; export { writeShards, encodePair, encodeSide, splitByGroup, shuffleSplit, ShardInputError, DEFAULT_PAIRS_PER_SHARD, DEFAULT_EVAL_FRACTION, type ShardOptions, type ShardSummary, type ResolvedShardOptions, type OverLength, type SplitBy } from './shard/stage.js'; export { SHARD_FORMATS, type ShardFormat } from './shard/columns.js'; export { SHARD_SPLITS, type ShardPair, type ShardManifest, type ShardSet, type ShardSplit, type ShardFile } from './shard/types.js';
-export { exportTable, exportTrl, exportAspoReference, shardName, TABLE_FORMATS, DEFAULT_ROWS_PER_SHARD, DEFAULT_EXPORT_MEMORY, type TableFormat, type ExportSource, type TableExportOptions, type TrlExportOptions, type ExportCommon, type ExportSummary } from './export/export.js'; export { ExportError } from './export/output.js';
+
+// Shard: training shards and their manifest.
+export { writeShards, type ShardOptions, type ShardSummary } from './shard/stage.js';
+export { writeModelShards, type ModelShardOptions, type ModelShardSummary } from './shard/model-shards.js';
+export { openShardSet, verifyShardSet } from './shard/read.js';
+export type { ShardSet, ShardPair, ShardManifest, ShardSplit } from './shard/types.js';
+
+// The loss and training.
+export {
+  aspoLoss, lossForward, lossGradients, lossConfig, DEFAULT_LOSS_CONFIG,
+  type AspoLossConfig, type AspoLossOutput, type LossInputs, type LossValues,
+} from './train/loss.js';
+export { SftTrainer, runSft, readSftData, DEFAULT_SFT_OPTIONS, type SftOptions, type SftResult } from './train/sft.js';
+export {
+  PreferenceTrainer, runPreference, DEFAULT_PREFERENCE_OPTIONS,
+  type PreferenceOptions, type PreferenceResult,
+} from './train/preference.js';
+export { StoreMetrics, MemoryMetrics, type MetricsSink } from './train/metrics.js';
+
+// Rewards: per-sentence implicit rewards of a trained policy.
+export {
+  writeSentenceRewards, sentenceRewards, savedLossConfig,
+  type RewardsOptions, type RewardsSummary, type SentenceReward, type PairLogProbs,
+} from './rewards/rewards.js';
+
+// Synthetic data with known truth, and hallucination evaluation.
+export { synthesize, SYNTH_DEFAULTS, type SynthOptions, type SynthSummary } from './synth/synthesize.js';
+export { evaluateGenerations, judgeDescriptions, type GenerationEval } from './synth/evaluate.js';
+export { onPolicyPairs, ON_POLICY_DEFAULTS, type OnPolicyOptions, type OnPolicySummary } from './synth/on-policy.js';
+
+// Export and report.
+export {
+  exportTable, exportTrl, exportAspoReference,
+  type ExportSource, type TableExportOptions, type TrlExportOptions, type ExportSummary,
+} from './export/export.js';
+export { buildReport, writeReport, type Report, type ReportOptions } from './report/report.js';
