@@ -20,6 +20,7 @@
  *       [--samples 4] [--samples-from samples.jsonl]
  */
 import { spawn } from 'node:child_process';
+import '../src/schema.js'; // every stage's tables, for the store
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';

@@ -8,6 +8,7 @@
  * --reuse keeps the generated store of the previous run (under bench-output/export/) when there is one.
  */
 import { spawnSync } from 'node:child_process';
+import '../src/schema.js'; // every stage's tables, for the store
 import { existsSync, mkdirSync, rmSync, statSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';

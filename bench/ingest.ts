@@ -9,6 +9,7 @@
  * decodes with sharp and hashes them, at the same concurrency.
  */
 import { spawnSync } from 'node:child_process';
+import '../src/schema.js'; // every stage's tables, for the store
 import { createHash } from 'node:crypto';
 import { createWriteStream, existsSync, mkdirSync, rmSync, statSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';

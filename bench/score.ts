@@ -12,6 +12,7 @@
  * Each round builds a fresh store, runs the stage, then replays its model calls; medians over the rounds.
  */
 import { Rng } from '../src/util/random.js';
+import '../src/schema.js'; // every stage's tables, for the store
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';

@@ -9,6 +9,7 @@
  *   npx tsc -p . && node dist/bench/segment.js [--mb 10] [--rounds 3] [--pairs 20000]
  */
 import { Rng } from '../src/util/random.js';
+import '../src/schema.js'; // every stage's tables, for the store
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';

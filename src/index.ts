@@ -1,7 +1,8 @@
 // The public API of aspo-toolkit: one block per stage, in pipeline order (see README "The library" and
 // docs/architecture.md). Internals (helpers, SQL, SVG, tensor plumbing) stay in their modules.
 
-// The store: one DuckDB file every stage reads and writes.
+// The store: one DuckDB file every stage reads and writes; every stage's tables registered with it.
+import './schema.js';
 export { Store, withStore, DEFAULT_DB_PATH, type OpenOptions } from './store/store.js';
 export { checkReadOnlySql, ReadOnlySqlError } from './store/read-only-sql.js';
 export { StagedOutput, OutputError, writeFileAtomic, type OutputOptions } from './util/safe-output.js';

@@ -2,16 +2,18 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { DuckDBInstance } from '@duckdb/node-api';
-import { MIGRATIONS, SCHEMA_VERSION } from '../src/store/migrations.js';
+import { spawnSync } from 'node:child_process';
+import { registeredMigrations } from '../src/schema.js';
+import { registerMigrations } from '../src/store/migrations.js';
 import { Store, withStore } from '../src/store/store.js';
-import { tempDir } from './support.js';
+import { ROOT, tempDir } from './support.js';
 
 /** A store as a build before migration 6 left it: the first five migrations, and rows in the renamed tables. */
 async function storeBeforeMigration6(file: string): Promise<void> {
   const instance = await DuckDBInstance.create(file);
   const connection = await instance.connect();
   await connection.run('CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, applied_at TIMESTAMP DEFAULT current_timestamp)');
-  for (const migration of MIGRATIONS.filter((m) => m.version <= 5)) {
+  for (const migration of registeredMigrations().filter((m) => m.version <= 5)) {
     await connection.run(migration.sql);
     await connection.run('INSERT INTO schema_migrations (version, name) VALUES (?, ?)', [migration.version, migration.name]);
   }
@@ -30,9 +32,8 @@ test('migration 6: an old store gets char_start/char_end in sentences, labels an
   const file = path.join(tempDir(), 'old.duckdb');
   await storeBeforeMigration6(file);
   await withStore(file, async (store) => {
-    assert.equal(SCHEMA_VERSION >= 6, true);
     assert.deepEqual((await store.all('SELECT version FROM schema_migrations ORDER BY version')).map((r) => r.version),
-      MIGRATIONS.map((m) => m.version));
+      registeredMigrations().map((m) => m.version));
     // The query the issue found failing, unquoted.
     assert.deepEqual(await store.all('SELECT char_start, char_end, text FROM sentences ORDER BY idx'), [
       { char_start: 0, char_end: 9, text: 'A red cup' }, { char_start: 11, char_end: 20, text: 'Blue sky.' }]);
@@ -101,4 +102,22 @@ test('Store.upsert refuses unknown columns and rows without the key, and lands a
     await store.upsert('t', [{ id: 'x', v: 2 }]);
     assert.deepEqual(await store.all('SELECT * FROM t'), [{ id: 'x', v: 2 }]);
   });
+});
+
+test('the store imports no stage: opened without the stages\' schemas registered it says what to import', () => {
+  const store = path.join(ROOT, 'dist', 'src', 'store', 'store.js');
+  const db = path.join(tempDir(), 'bare.duckdb');
+  const script = `const { Store } = await import(${JSON.stringify(store)});
+    await Store.open(${JSON.stringify(db)}).then(() => console.log('opened'), (error) => console.log(error.message));`;
+  const run = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8' });
+  assert.equal(run.status, 0, run.stderr);
+  assert.match(run.stdout, /schema migration 1 not registered: import the toolkit \('aspo-toolkit', or its src\/schema\.js\)/);
+});
+
+test('a migration version registered twice with different SQL is refused', () => {
+  assert.throws(() => registerMigrations({ version: 1, name: 'another first', sql: 'CREATE TABLE x (a INT)' }),
+    /schema migration 1 registered twice/);
+  const first = registeredMigrations()[0]!;
+  registerMigrations(first); // the same one again: nothing changes
+  assert.deepEqual(registeredMigrations()[0], first);
 });

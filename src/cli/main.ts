@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+import '../schema.js'; // every stage's tables, for the store
 import { readFileSync } from 'node:fs';
 import { closest, UsageError, type Command } from './command.js';
 

@@ -1,4 +1,4 @@
-import type { Migration } from '../store/migrations.js';
+import { registerMigrations, type Migration } from '../store/migrations.js';
 
 export const INGEST_SCHEMA: Migration = {
   version: 1,
@@ -45,3 +45,5 @@ export const INGEST_SCHEMA: Migration = {
     );
   `,
 };
+
+registerMigrations(INGEST_SCHEMA);

@@ -1,4 +1,4 @@
-import type { Migration } from '../store/migrations.js';
+import { registerMigrations, type Migration } from '../store/migrations.js';
 
 /**
  * Per-sentence implicit rewards of a trained policy against its reference (`aspo rewards`): the sentence's part of
@@ -34,3 +34,5 @@ export const REWARDS_SCHEMA: Migration = {
       FROM sentence_rewards r LEFT JOIN sentences s USING (pair_id, side, idx);
   `,
 };
+
+registerMigrations(REWARDS_SCHEMA);

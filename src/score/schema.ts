@@ -1,4 +1,4 @@
-import type { Migration } from '../store/migrations.js';
+import { registerMigrations, type Migration } from '../store/migrations.js';
 
 /**
  * Per-sentence signals of the score stage and the adaptive weights computed from them (spec steps 2–5).
@@ -70,3 +70,5 @@ export const SCORE_SCHEMA: Migration = {
     CREATE VIEW sentence_weights AS SELECT * FROM sentence_weights();
   `,
 };
+
+registerMigrations(SCORE_SCHEMA);

@@ -1,4 +1,4 @@
-import type { Migration } from '../store/migrations.js';
+import { registerMigrations, type Migration } from '../store/migrations.js';
 
 export const SEGMENT_SCHEMA: Migration = {
   version: 2,
@@ -24,3 +24,25 @@ export const SEGMENT_SCHEMA: Migration = {
     );
   `,
 };
+
+/**
+ * The offset columns renamed to char_start/char_end (`end` is an SQL keyword), in sentences and in ingest's labels,
+ * and the rewards view that shows them.
+ */
+export const SEGMENT_OFFSETS_SCHEMA: Migration = {
+  // `SELECT start, end FROM sentences` was a parser error. Both tables with UTF-16 offsets, and the view that shows
+  // them, take the names the export uses.
+  version: 6,
+  name: 'offset columns: char_start, char_end in sentences, labels, sentence_rewards_text',
+  sql: `
+    ALTER TABLE sentences RENAME COLUMN start TO char_start;
+    ALTER TABLE sentences RENAME COLUMN "end" TO char_end;
+    ALTER TABLE labels RENAME COLUMN start TO char_start;
+    ALTER TABLE labels RENAME COLUMN "end" TO char_end;
+    CREATE OR REPLACE VIEW sentence_rewards_text AS
+      SELECT r.*, s.char_start, s.char_end, s.text, s.shared
+      FROM sentence_rewards r LEFT JOIN sentences s USING (pair_id, side, idx);
+  `,
+};
+
+registerMigrations(SEGMENT_SCHEMA, SEGMENT_OFFSETS_SCHEMA);

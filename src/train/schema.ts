@@ -1,4 +1,4 @@
-import type { Migration } from '../store/migrations.js';
+import { registerMigrations, type Migration } from '../store/migrations.js';
 
 /** Training runs and their metrics, long format so any metric of any objective can be logged. */
 export const TRAIN_SCHEMA: Migration = {
@@ -27,3 +27,5 @@ export const TRAIN_SCHEMA: Migration = {
     );
   `,
 };
+
+registerMigrations(TRAIN_SCHEMA);
