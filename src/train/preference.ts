@@ -291,29 +291,52 @@ export async function preferenceShardGradient(policy: VisionLanguageModel, refer
 // ---------------------------------------------------------------------------------------------------------------
 // Trainer
 
+/** What a PreferenceTrainer is made of (see its fields). */
+interface TrainerParts {
+  options: PreferenceOptions;
+  policy: VisionLanguageModel;
+  reference: VisionLanguageModel;
+  referenceModel: string;
+  tokenizer: Tokenizer;
+  optimizer: AdamW;
+  refSource: RefSource;
+  train: ShardPair[];
+  evalPairs: ShardPair[];
+  images: Map<string, Float32Array>;
+  probeRows: ProbeRow[] | undefined;
+  probeImages: Map<string, Float32Array>;
+  step: number;
+  totalSteps: number;
+  runId: string;
+  skipped: number;
+}
+
 export class PreferenceTrainer {
   private workers?: GradientWorkers;
 
-  private constructor(
-    readonly options: PreferenceOptions,
-    readonly policy: VisionLanguageModel,
-    /** The frozen reference; only run when the shards hold no reference log-probs for it. */
-    readonly reference: VisionLanguageModel,
-    readonly referenceModel: string,
-    readonly tokenizer: Tokenizer,
-    readonly optimizer: AdamW,
-    readonly refSource: RefSource,
-    private readonly train: ShardPair[],
-    private readonly evalPairs: ShardPair[],
-    private readonly images: Map<string, Float32Array>,
-    private readonly probeRows: ProbeRow[] | undefined,
-    private readonly probeImages: Map<string, Float32Array>,
-    public step: number,
-    readonly totalSteps: number,
-    readonly runId: string,
-    /** Pairs left out because they do not fit the model's text context. */
-    readonly skipped: number,
-  ) {}
+  readonly options!: PreferenceOptions;
+  readonly policy!: VisionLanguageModel;
+  /** The frozen reference; only run when the shards hold no reference log-probs for it. */
+  readonly reference!: VisionLanguageModel;
+  readonly referenceModel!: string;
+  readonly tokenizer!: Tokenizer;
+  readonly optimizer!: AdamW;
+  readonly refSource!: RefSource;
+  private readonly train!: ShardPair[];
+  private readonly evalPairs!: ShardPair[];
+  private readonly images!: Map<string, Float32Array>;
+  private readonly probeRows!: ProbeRow[] | undefined;
+  private readonly probeImages!: Map<string, Float32Array>;
+  step!: number;
+  readonly totalSteps!: number;
+  readonly runId!: string;
+  /** Pairs left out because they do not fit the model's text context. */
+  readonly skipped!: number;
+
+  /** Built by create and resume, which load and check every part. */
+  private constructor(parts: TrainerParts) {
+    Object.assign(this, parts);
+  }
 
   /** A new run: the policy is a copy of the reference checkpoint's weights. */
   static async create(options: PreferenceOptions, set: ShardSet, runId = newRunId(options.objective)): Promise<PreferenceTrainer> {
@@ -371,8 +394,11 @@ export class PreferenceTrainer {
       if (resume.optimizer) optimizer.restore(resume.optimizer);
       const perStep = Math.min(options.batchSize, train.length);
       const totalSteps = resume.totalSteps ?? options.steps ?? options.epochs * Math.floor(train.length / perStep);
-      return new PreferenceTrainer(options, policy, ref.model, ref.modelId, ref.tokenizer, optimizer, stored ? 'shards' : 'model',
-        train, evalPairs, images, probeRows, probeImages, resume.step, totalSteps, resume.runId, skipped);
+      return new PreferenceTrainer({
+        options, policy, reference: ref.model, referenceModel: ref.modelId, tokenizer: ref.tokenizer, optimizer,
+        refSource: stored ? 'shards' : 'model', train, evalPairs, images, probeRows, probeImages, step: resume.step, totalSteps,
+        runId: resume.runId, skipped,
+      });
     } catch (error) {
       ref.model.dispose();
       throw error;
