@@ -64,6 +64,7 @@ const ALLOWED: Record<string, string[]> = {
   synth: [...SHARED, 'train'], // readEvalFile: the eval.jsonl format the trainer's probes share
   export: SHARED,
   report: SHARED,
+  distributed: [...SHARED, 'score'], // runs the CLIP scorer in workers
 };
 
 test('each folder imports only what docs/architecture.md allows it; the shared packages import no stage', () => {
