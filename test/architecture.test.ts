@@ -58,7 +58,7 @@ const ALLOWED: Record<string, string[]> = {
   ingest: SHARED,
   segment: SHARED,
   score: [...SHARED, 'segment'], // segment/align.ts: tokens to sentences
-  shard: [...SHARED, 'segment'], // segment/align.ts
+  shard: [...SHARED, 'segment', 'score'], // segment/align.ts; score/vlm.ts: model shards encode as the VLM scorer does
   train: [...SHARED, 'shard'], // the shard set format (shard/read.ts, shard/types.ts)
   rewards: [...SHARED, 'shard', 'train'], // the shard set format; the loss maths, so rewards are the trainer's own
   synth: [...SHARED, 'train'], // readEvalFile: the eval.jsonl format the trainer's probes share
