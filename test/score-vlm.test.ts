@@ -247,6 +247,7 @@ test('aspo score --vlm: a run killed after a transaction resumes without redoing
   const script = path.join(tempDir(), 'killed.mjs');
   const dist = path.join(ROOT, 'dist', 'src');
   writeFileSync(script, `
+    import ${JSON.stringify(path.join(dist, 'schema.js'))}; // every stage's tables
     import { withStore } from ${JSON.stringify(path.join(dist, 'store', 'store.js'))};
     import { VisionLanguageScorer, scoreVlm } from ${JSON.stringify(path.join(dist, 'score', 'vlm.js'))};
     const vlm = await VisionLanguageScorer.load(${JSON.stringify(l.tiny.dir)}, { device: 'cpu' });
