@@ -6,8 +6,8 @@ import { deriveSeed, Rng } from '../util/random.js';
 import { renderClaim, templatesFor } from './templates.js';
 import { corruptScene, sampleScene, sceneKey, type Corruption, type Scene } from './world.js';
 
-/** One line of pairs.jsonl — the shape `aspo ingest` reads. */
-export interface PairRecord {
+/** One line of pairs.jsonl — the shape `aspo ingest` reads; `Meta` says how the pair was made. */
+export interface PairRecord<Meta = TemplatePairMeta> {
   id: string;
   image: string;
   prompt: string;
@@ -15,15 +15,18 @@ export interface PairRecord {
   rejected: string;
   chosen_spans: LabelledSpan[];
   rejected_spans: LabelledSpan[];
-  meta: {
-    scene_id: string;
-    noise: number;
-    prompt_kind: Prompt['kind'];
-    format: string;
-    corruptions: Corruption[];
-    chosen_hallucinated: number;
-    rejected_hallucinated: number;
-  };
+  meta: Meta;
+}
+
+/** How `aspo synth` made a template pair. */
+export interface TemplatePairMeta {
+  scene_id: string;
+  noise: number;
+  prompt_kind: Prompt['kind'];
+  format: string;
+  corruptions: Corruption[];
+  chosen_hallucinated: number;
+  rejected_hallucinated: number;
 }
 
 /** One line of sft.jsonl: a prompt and the true description, for supervised training of the reference model. */

@@ -16,6 +16,7 @@ import { encodePromptResponse } from '../model/encode.js';
 import type { Tokenizer } from '../model/tokenizer.js';
 import { deriveSeed, Rng } from '../util/random.js';
 import type { Truth } from './claims.js';
+import type { PairRecord } from './dataset.js';
 import type { LabelledSpan } from './describe.js';
 import { judgeSentence, splitResponse } from './judge.js';
 import { loadScenes } from './synthesize.js';
@@ -105,12 +106,8 @@ export function choosePair<T extends { labels: Truth[] }>(samples: readonly T[])
 interface PromptRecord { id: string; image: string; prompt: string; sceneId?: string }
 
 /** The world's training prompts: one per line of its pairs.jsonl (id, image, prompt, meta.scene_id). */
-async function readPrompts(world: string): Promise<PromptRecord[]> {
-  const file = path.join(world, 'pairs.jsonl');
-  const text = await readFile(file, 'utf8').catch((error: NodeJS.ErrnoException) => {
-    throw new Error(`${file}: ${error.code === 'ENOENT' ? 'not found; --world must be a folder written by `aspo synth`' : error.message}`);
-  });
-  const records: PromptRecord[] = [];
+/** Each non-blank line of a JSON Lines file parsed, with its `file:line` for the caller's field errors. */
+function eachJsonLine(file: string, text: string, each: (row: Record<string, unknown>, where: string) => void): void {
   text.split('\n').forEach((line, i) => {
     if (!line.trim()) return;
     const where = `${file}:${i + 1}`;
@@ -120,6 +117,17 @@ async function readPrompts(world: string): Promise<PromptRecord[]> {
     } catch (error) {
       throw new Error(`${where}: not valid JSON (${(error as Error).message})`);
     }
+    each(row, where);
+  });
+}
+
+async function readPrompts(world: string): Promise<PromptRecord[]> {
+  const file = path.join(world, 'pairs.jsonl');
+  const text = await readFile(file, 'utf8').catch((error: NodeJS.ErrnoException) => {
+    throw new Error(`${file}: ${error.code === 'ENOENT' ? 'not found; --world must be a folder written by `aspo synth`' : error.message}`);
+  });
+  const records: PromptRecord[] = [];
+  eachJsonLine(file, text, (row, where) => {
     for (const field of ['id', 'image', 'prompt']) {
       if (typeof row[field] !== 'string' || !(row[field] as string)) throw new Error(`${where}: field "${field}" must be a non-empty string`);
     }
@@ -132,17 +140,9 @@ async function readPrompts(world: string): Promise<PromptRecord[]> {
 /** Labels from another judge, by sample id; every line names the file, line and field when wrong. */
 export async function readJudgements(file: string): Promise<Map<string, Truth[]>> {
   const labels = new Map<string, Truth[]>();
-  (await readFile(file, 'utf8')).split('\n').forEach((line, i) => {
-    if (!line.trim()) return;
-    const where = `${file}:${i + 1}`;
-    let row: { id?: unknown; labels?: unknown };
-    try {
-      row = JSON.parse(line) as typeof row;
-    } catch (error) {
-      throw new Error(`${where}: not valid JSON (${(error as Error).message})`);
-    }
+  eachJsonLine(file, await readFile(file, 'utf8'), (row, where) => {
     if (typeof row.id !== 'string') throw new Error(`${where}: field "id" must be a sample id of samples.jsonl`);
-    if (!Array.isArray(row.labels) || !row.labels.every((l) => l === 'true' || l === 'false' || l === 'unknown')) {
+    if (!Array.isArray(row.labels) || !row.labels.every((l: unknown) => l === 'true' || l === 'false' || l === 'unknown')) {
       throw new Error(`${where}: field "labels" must be an array of "true", "false" or "unknown", one per sentence`);
     }
     if (labels.has(row.id)) throw new Error(`${where}: sample ${row.id} is judged twice`);
@@ -154,15 +154,7 @@ export async function readJudgements(file: string): Promise<Map<string, Truth[]>
 /** The samples of an earlier run's samples.jsonl (their labels are judged again). */
 export async function readSamples(file: string): Promise<Sample[]> {
   const samples: Sample[] = [];
-  (await readFile(file, 'utf8')).split('\n').forEach((line, i) => {
-    if (!line.trim()) return;
-    const where = `${file}:${i + 1}`;
-    let row: Record<string, unknown>;
-    try {
-      row = JSON.parse(line) as Record<string, unknown>;
-    } catch (error) {
-      throw new Error(`${where}: not valid JSON (${(error as Error).message})`);
-    }
+  eachJsonLine(file, await readFile(file, 'utf8'), (row, where) => {
     for (const field of ['id', 'promptId', 'image', 'prompt', 'response']) {
       if (typeof row[field] !== 'string') throw new Error(`${where}: field "${field}" must be a string`);
     }
@@ -204,25 +196,19 @@ export async function sampleResponses(model: VisionLanguageModel, tokenizer: Tok
   return samples;
 }
 
-/** One line of the on-policy pairs.jsonl: what `aspo ingest` reads, as `aspo synth` writes it. */
-export interface OnPolicyPair {
-  id: string;
-  image: string;
-  prompt: string;
-  chosen: string;
-  rejected: string;
-  /** Every sentence with a known label: the world's truth when it judged, otherwise the judge's. */
-  chosen_spans: LabelledSpan[];
-  rejected_spans: LabelledSpan[];
-  meta: {
-    source: 'on-policy';
-    chosen_sample: string;
-    rejected_sample: string;
-    /** Sentences the judge (after label noise) called hallucinated or unreadable. */
-    judged_bad: [number, number];
-    /** Sentences truly hallucinated (null when only a judgement file labelled them). */
-    hallucinated: [number | null, number | null];
-  };
+/** One line of the on-policy pairs.jsonl: what `aspo ingest` reads, as `aspo synth` writes it. Its spans hold every
+ * sentence with a known label: the world's truth when it judged, otherwise the judge's. */
+export type OnPolicyPair = PairRecord<OnPolicyPairMeta>;
+
+/** How `aspo synth --on-policy` made a pair. */
+export interface OnPolicyPairMeta {
+  source: 'on-policy';
+  chosen_sample: string;
+  rejected_sample: string;
+  /** Sentences the judge (after label noise) called hallucinated or unreadable. */
+  judged_bad: [number, number];
+  /** Sentences truly hallucinated (null when only a judgement file labelled them). */
+  hallucinated: [number | null, number | null];
 }
 
 const spansOf = (s: JudgedSample): LabelledSpan[] => s.sentences.flatMap(({ start, end }, i) => {
